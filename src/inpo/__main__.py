@@ -1,0 +1,3 @@
+from inpo.cli import main
+
+main()
