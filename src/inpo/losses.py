@@ -10,10 +10,30 @@ Conventions (DESIGN.md section 3 and 6):
   loop averages, sums or weights as it needs.
 * ``d(pi) = log pi(y_w|x) - log pi(y_l|x)``.
 
-Parametrizations. INPO (Zhang et al. 2024) is written with a step size ``eta`` and a KL-regularization
-``tau``. Public implementations of INPO/IPO-style squared losses usually write the target margin as
-``1 / (2 * beta)``; the mapping is ``eta = 1 / beta`` (so ``eta / 2 == 1 / (2 * beta)``) and the
-anchor mixing weight ``eta * tau`` stays explicit. The config exposes ``eta`` and ``tau``.
+Parametrizations (checked against the papers and their public code; docs/algorithms/*.md has one page
+per algorithm with the derivations and the tests that pin them):
+
+=========  ====================  ==================================================================
+loss       our arguments         paper symbols / public-code names
+=========  ====================  ==================================================================
+INPO       ``eta``, ``tau``      paper eta (OMD step), tau (KL reg.). Code that writes the target
+                                 as ``1/(2*beta)`` (e.g. smiles724/MNPO: ``1/(2*eta_code)``) has
+                                 ``beta = eta_code = 1/eta``; its ``ratio`` is ``eta*tau``.
+MNPO       ``eta``, ``tau``,     smiles724/MNPO ``ratio = eta*tau``, ``eta_code = 1/eta``,
+           ``weights``           ``history_weights`` (normalized to sum 1, as there).
+IPO        ``beta``              Azar et al. tau (TRL ``beta``): target ``1/(2*beta)``.
+DPO        ``beta``              Rafailov et al. beta (TRL ``beta``).
+SPPO       ``eta``               Wu et al. eta; uclaml/SPPO and TRL write ``1/beta``: ``eta = 1/beta``.
+EGPO       ``eta``, ``tau``      Zhou et al. eta (step), beta (KL reg.) -> our ``tau``.
+Nash-MD    ``beta``              Munos et al. tau (KL reg.) = TRL NashMD ``beta``; the paper's mixture
+                                 coefficient beta (TRL ``mixture_coef``) belongs to the sampler.
+=========  ====================  ==================================================================
+
+Population minimizers. Every squared pairwise loss here is a least-squares regression of
+``f(y_w) - f(y_l)`` on a label, with ``f = log pi - (anchor terms)``. With pairs (y, y') drawn from mu x mu
+and labels from P, the weighted least-squares solution is ``f(y) = c * P(y > mu) + const`` on supp(mu)
+(set the derivative in f(z) to zero and use P(z, y) - 1/2 = -(P(y, z) - 1/2)). So *the opponent of the
+update is the distribution the pairs are sampled from*; the loop samples from pi_t.
 """
 
 from __future__ import annotations
@@ -28,6 +48,15 @@ def _margin(chosen: Tensor, rejected: Tensor) -> Tensor:
     return chosen - rejected
 
 
+def _check_eta_tau(eta: float, tau: float) -> None:
+    if not eta > 0:
+        raise ValueError(f"eta must be > 0, got {eta}")
+    if not tau >= 0:
+        raise ValueError(f"tau must be >= 0, got {tau}")
+    if eta * tau > 1.0 + 1e-12:
+        raise ValueError(f"eta*tau must be <= 1 (eta={eta}, tau={tau})")
+
+
 def inpo_loss(
     policy_chosen: Tensor,
     policy_rejected: Tensor,
@@ -39,21 +68,28 @@ def inpo_loss(
     eta: float,
     tau: float,
 ) -> Tensor:
-    r"""INPO: Iterative Nash Policy Optimization (Zhang et al. 2024, arXiv 2407.00617, Alg. 1 / Eq. 9).
+    r"""INPO: Iterative Nash Policy Optimization (Zhang et al. 2024, arXiv 2407.00617, ICLR 2025).
 
-    Online mirror descent on the KL-regularized preference game,
-    ``pi_{t+1}(y) ∝ pi_t(y)^{1-eta*tau} pi_ref(y)^{eta*tau} exp(eta * P(y > pi_t))``, learned from pairs
-    (y_w, y_l) sampled from pi_t and labelled by the preference oracle with the squared loss
+    Online mirror descent on the KL-regularized preference game (step size eta, regularization tau),
+    ``pi_{t+1}(y) ∝ pi_t(y)^{1-eta*tau} pi_ref(y)^{eta*tau} exp(eta * P(y > pi_t))``, learned without
+    win-rate estimates from pairs (y, y') ~ pi_t x pi_t labelled by the preference oracle:
 
-        h_t(pi) = d(pi) - eta*tau * d(pi_ref) - (1 - eta*tau) * d(pi_t)
-        L_t(pi) = (h_t(pi) - eta / 2)^2
+        h_t(pi; y_w, y_l) = d(pi) - eta*tau * d(pi_ref) - (1 - eta*tau) * d(pi_t)
+        L_t(pi)           = E[(h_t(pi; y_w, y_l) - eta/2)^2]
 
-    Its population minimizer is exactly the mirror-descent update (the least-squares projection of the
-    label target ``eta * (1{y_w > y_l} - 1/2)`` onto differences f(y) - f(y') gives
-    f(y) = eta * P(y > pi_t) + const). Symbols: eta -> ``eta``, tau -> ``tau``, pi_t -> ``prev_*``.
-    Public code writing the target as ``1/(2*beta)`` uses ``beta = 1/eta``.
-    Requires ``eta * tau <= 1``.
+    Why eta/2: ``(h(y_w, y_l) - eta/2)^2 = (h(y, y') - eta*(1{y > y'} - 1/2))^2`` because h is antisymmetric,
+    so the label target is ``eta*(P(y > y') - 1/2)`` in expectation, and its least-squares projection
+    onto differences f(y) - f(y') is ``f(y) = eta * P(y > pi_t) + const``: the OMD update exactly (tested
+    in tests/test_losses.py on a tabular game to 1e-6).
+
+    Symbols -> arguments: eta -> ``eta``, tau -> ``tau``, pi_t -> ``prev_*``, pi_ref -> ``ref_*``.
+    Public code that writes the target as ``1/(2*beta)`` (smiles724/MNPO's INPO/MNPO trainer:
+    ``logits_shift = 1/(2*eta_code)``, ``ratio`` in place of eta*tau) uses ``beta = eta_code = 1/eta``.
+    Special cases: ``eta*tau = 1`` gives IPO with ``beta = 1/eta`` (= tau); at ``pi = pi_t`` the
+    gradient equals ``eta*tau`` times the IPO(beta=tau) gradient (online IPO, see :func:`egpo_loss`).
+    Requires ``eta > 0``, ``tau >= 0``, ``eta * tau <= 1`` (ValueError otherwise).
     """
+    _check_eta_tau(eta, tau)
     r = eta * tau
     h = (
         _margin(policy_chosen, policy_rejected)
@@ -75,22 +111,37 @@ def mnpo_loss(
     tau: float,
     weights: Tensor | list[float],
 ) -> Tensor:
-    r"""MNPO: Multiplayer Nash Preference Optimization (smiles724/MNPO, arXiv 2509.23102).
+    r"""MNPO: Multiplayer Nash Preference Optimization (Wu, Huang et al. 2025, arXiv 2509.23102;
+    code smiles724/MNPO, ``mnpo_scripts/mnpo_trainer.py``).
 
-    The opponents are the last n iterates pi_{t-j}, j = 0..n-1 (``hist_*[..., j]``), mixed with weights
-    lambda_j (``weights``, summing to 1). The update is
-    ``pi_{t+1} ∝ pi_ref^{eta*tau} prod_j pi_{t-j}^{(1-eta*tau) lambda_j} exp(eta * P(y > pi_bar))``, and its loss
+    The anchor is a geometric mixture of the last n iterates pi_{t-j}, j = 0..n-1 (``hist_*[..., j]``,
+    j = 0 the most recent), with weights lambda_j (``weights``; normalized to sum to 1 as the reference
+    code does, ``lambda_j = w_j / sum(w)``):
 
         L(pi) = (d(pi) - eta*tau * d(pi_ref) - (1 - eta*tau) * sum_j lambda_j d(pi_{t-j}) - eta/2)^2.
 
-    With n = 1 (``weights=[1.0]``) this is exactly :func:`inpo_loss`.
+    Population minimizer, for pairs drawn from mu x mu (the loop: mu = pi_t):
+    ``pi_{t+1} ∝ pi_ref^{eta*tau} prod_j pi_{t-j}^{(1-eta*tau) lambda_j} exp(eta * P(y > mu))``.
+    Drawing the pairs from the arithmetic mixture sum_j lambda_j pi_{t-j} instead makes the preference term
+    the multiplayer one, ``sum_j lambda_j P(y > pi_{t-j})``.
+
+    Reference-code mapping: ``ratio = eta*tau``, ``eta_code = 1/eta`` (target ``1/(2*eta_code)``).
+    With n = 1 this is exactly :func:`inpo_loss` (tested bit-for-bit).
     """
+    _check_eta_tau(eta, tau)
     w = torch.as_tensor(weights, dtype=hist_chosen.dtype, device=hist_chosen.device)
     if w.ndim != 1 or w.shape[0] != hist_chosen.shape[-1]:
         raise ValueError(f"weights has {w.numel()} entries but hist_* has {hist_chosen.shape[-1]} iterates")
+    if bool((w < 0).any()) or not float(w.sum()) > 0:
+        raise ValueError(f"weights must be non-negative with a positive sum, got {w.tolist()}")
+    w = w / w.sum()
     r = eta * tau
     hist_margin = (_margin(hist_chosen, hist_rejected) * w).sum(-1)
-    h = _margin(policy_chosen, policy_rejected) - r * _margin(ref_chosen, ref_rejected) - (1.0 - r) * hist_margin
+    h = (
+        _margin(policy_chosen, policy_rejected)
+        - r * _margin(ref_chosen, ref_rejected)
+        - (1.0 - r) * hist_margin
+    )
     return (h - eta / 2.0) ** 2
 
 
@@ -107,9 +158,14 @@ def ipo_loss(
     r"""IPO (Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning from Human
     Preferences", arXiv 2310.12036, Eq. 17): ``(d(pi) - d(pi_ref) - 1/(2*beta))^2``.
 
-    With ``chosen_lengths`` / ``rejected_lengths`` (response token counts) every log-prob is divided by
-    its length first: the per-token-averaged variant that TRL's ``loss_type="ipo"`` computes. Default
-    (no lengths) is the paper's summed form.
+    Symbols -> arguments: the paper's regularization tau -> ``beta`` (TRL's name and convention).
+    Population minimizer for pairs from mu x mu labelled by P: ``pi ∝ pi_ref exp(P(y > mu) / beta)``
+    (Azar et al., the Psi = identity solution; tested on a tabular game). With mu = pi_t re-sampled each
+    iteration this is online/iterative IPO; it equals :func:`inpo_loss` with ``eta = 1/beta, tau = beta``.
+
+    Default (no lengths): the paper's summed form. With ``chosen_lengths`` / ``rejected_lengths`` (response
+    token counts) every log-prob, policy and reference, is divided by its length first: what TRL's
+    ``DPOTrainer(loss_type="ipo")`` computes (``all_logps / loss_mask.sum(-1)`` in its concatenated forward).
     """
     if (chosen_lengths is None) != (rejected_lengths is None):
         raise ValueError("give both chosen_lengths and rejected_lengths, or neither")
@@ -130,7 +186,12 @@ def dpo_loss(
     beta: float,
 ) -> Tensor:
     r"""DPO, sigmoid loss (Rafailov et al. 2023, arXiv 2305.18290, Eq. 7):
-    ``-log sigmoid(beta * (d(pi) - d(pi_ref)))``.
+    ``-log sigmoid(beta * (d(pi) - d(pi_ref)))``. beta -> ``beta`` (TRL ``loss_type="sigmoid"``).
+
+    Population minimizer: the pointwise optimum is ``beta*(f(y) - f(y')) = logit P(y > y')`` with
+    ``f = log pi/pi_ref``, reachable only when P is Bradley-Terry, ``P = sigmoid(r(y) - r(y'))``; then
+    ``pi ∝ pi_ref exp(r / beta)`` whatever the pair distribution (tested). For intransitive P there is no
+    such policy, which is why DPO cannot represent a mixed Nash equilibrium.
 
     Used iteratively (Dong et al. 2024, "RLHF Workflow", arXiv 2405.07863): K samples per prompt from
     pi_t, best-vs-worst pair by the judge, reference kept at pi_ref (the SFT model).
@@ -149,15 +210,24 @@ def sppo_loss(
     *,
     eta: float,
 ) -> Tensor:
-    r"""SPPO: Self-Play Preference Optimization (Wu et al. 2024, arXiv 2405.00675, Eq. 4.4).
+    r"""SPPO: Self-Play Preference Optimization (Wu et al. 2024, arXiv 2405.00675, Algorithm 1).
 
-    Multiplicative weights ``pi_{t+1}(y) ∝ pi_t(y) exp(eta * P(y > pi_t))`` learned by regressing the
-    log-ratio of each response on its estimated win-rate:
+    Multiplicative weights ``pi_{t+1}(y) = pi_t(y) exp(eta * P(y > pi_t)) / Z_t`` learned by regressing
+    each response's log-ratio on its estimated win-rate, with ``log Z_t`` replaced by the constant eta/2:
 
         L = ((log pi(y_w)/pi_t(y_w) - eta (P^_w - 1/2))^2 + (log pi(y_l)/pi_t(y_l) - eta (P^_l - 1/2))^2) / 2
 
-    ``winrate_*`` are P^(y > pi_t), estimated from the K samples of the prompt. The paper's code writes
-    ``eta = 1/beta``. No pi_ref term: SPPO regularizes only through the anchor pi_t.
+    ``winrate_*`` = P^(y > pi_t), estimated from the K samples of the prompt; pi_t -> ``prev_*``.
+    Mapping: the official code (uclaml/SPPO ``sppo/trainer.py``, ``loss_type="sppo"``) computes exactly this,
+    ``(logits_w - (P_w - 0.5)/beta)^2`` etc. with the reference model reset to pi_t, so ``eta = 1/beta``.
+    No pi_ref term: SPPO regularizes only through the anchor pi_t.
+
+    The loss is *pointwise*, so it also pins the normalizer: over an unconstrained (unnormalized) table the
+    minimizer is ``log pi = log pi_t + eta (P(y > pi_t) - 1/2)``, whose mass ``Z_t e^{-eta/2} >= 1`` (Jensen;
+    ``= 1`` only when pi_t is already a Nash equilibrium on its support). A normalized policy cannot hit
+    it, and the constrained minimizer is ``log pi/pi_t = a + u`` with ``a = eta (P(y > pi_t) - 1/2)`` and
+    ``u = -W(-S e^a)`` (Lambert W, one scalar S fixed by normalization), which agrees with the MW update
+    only to first order in eta. Both facts are tested.
     """
     lw = policy_chosen - prev_chosen - eta * (winrate_chosen - 0.5)
     ll = policy_rejected - prev_rejected - eta * (winrate_rejected - 0.5)
@@ -172,9 +242,13 @@ def sppo_hard_loss(
     *,
     eta: float,
 ) -> Tensor:
-    r"""SPPO with hard labels (TRL's ``loss_type="sppo_hard"``): :func:`sppo_loss` with the win-rate
-    estimates replaced by the pair label, P^_w = 1 and P^_l = 0:
+    r"""SPPO with hard labels: :func:`sppo_loss` with the win-rate estimates replaced by the pair label,
+    P^_w = 1 and P^_l = 0:
     ``((log pi/pi_t (y_w) - eta/2)^2 + (log pi/pi_t (y_l) + eta/2)^2) / 2``.
+
+    Deviation: TRL's ``loss_type="sppo_hard"`` is ``(a - 0.5/beta)^2 + (b + 0.5/beta)^2`` without the
+    1/2, so it equals ``2 *`` this with ``beta = 1/eta`` (same minimizer; only the gradient scale differs).
+    In expectation over labels it has the same minimizer as :func:`sppo_loss` with exact win-rates.
     """
     ones = torch.ones_like(policy_chosen)
     return sppo_loss(
@@ -193,21 +267,26 @@ def egpo_loss(
     eta: float,
     tau: float,
 ) -> Tensor:
-    r"""EGPO: Extragradient Preference Optimization (Zhou et al. 2025, arXiv 2503.08942), online-IPO form.
+    r"""EGPO: Extragradient Preference Optimization (Zhou, Fazel, Du 2025, arXiv 2503.08942, COLM 2025).
 
-    Extragradient on the KL-regularized game, from pi_t:
+    Extragradient on the KL-regularized game (paper's KL coefficient beta -> our ``tau``), from pi_t:
 
         half step  pi_{t+1/2} ∝ pi_t^{1-eta*tau} pi_ref^{eta*tau} exp(eta P(y > pi_t))
         full step  pi_{t+1}   ∝ pi_t^{1-eta*tau} pi_ref^{eta*tau} exp(eta P(y > pi_{t+1/2}))
 
-    Each step is learned with the same online-IPO squared loss on pairs sampled from the step's
-    opponent (pi_t for the half step, pi_{t+1/2} for the full step), always anchored at pi_t
-    (``anchor_*``):
+    This function learns each step exactly, with INPO's regression loss anchored at pi_t (``anchor_*``) in
+    *both* steps and pairs drawn from the step's opponent (pi_t for the half step, pi_{t+1/2} for the full
+    step; the loop implements that):
 
         L = (d(pi) - eta*tau * d(pi_ref) - (1 - eta*tau) * d(pi_t) - eta/2)^2.
 
-    The loss has INPO's form; EGPO differs in its step scheme (two steps per iteration, the second
-    with the half-step policy as opponent but the *same* anchor), which the loop/dynamics implement.
+    Deviation from the paper's implementation: zhourunlong/EGPO does not minimize per step; it takes one
+    gradient step of the *online IPO* loss ``(d(pi) - d(pi_ref) - (P(y > y'') - P(y' > y''))/beta)^2``
+    (samples from the current policy, anchor pi_ref) at theta_t and at theta_{t+1/2} (its ``simulations``
+    and ``lms/trainers/extragradient_trainer.py``). The two agree to first order: at pi = pi_t the
+    gradient of this loss is ``eta*tau`` times the gradient of :func:`ipo_loss` with ``beta = tau``
+    (tested). Minimizing to convergence gives the exact tabular step (tested: half and full step on a
+    game to 1e-6).
     """
     return inpo_loss(
         policy_chosen, policy_rejected, ref_chosen, ref_rejected, anchor_chosen, anchor_rejected,
@@ -222,15 +301,23 @@ def nash_md_loss(
     *,
     beta: float,
 ) -> Tensor:
-    r"""Nash-MD-PG (Munos et al. 2023, "Nash Learning from Human Feedback", arXiv 2312.00886, Sec. 7).
+    r"""Nash-MD-PG (Munos et al. 2023, "Nash Learning from Human Feedback", arXiv 2312.00886, ICML 2024).
 
-    For y ~ pi and an opponent y' ~ pi_mix^beta ∝ pi^{1-beta} pi_ref^{beta} (the geometric mixture, here
-    ``beta`` is the paper's mixing coefficient), ``preference`` = P(y > y'). The REINFORCE surrogate
+    For y ~ pi and an opponent y' ~ pi_mix ∝ pi^{1-m} pi_ref^{m} (the geometric mixture; the paper's
+    mixture coefficient m is written beta there, TRL ``mixture_coef``; it is used by the *sampler*, not
+    here), ``preference`` = P(y > y'). The REINFORCE surrogate
 
         L = -[(P(y > y') - 1/2) - beta * (log pi(y) - log pi_ref(y))]_{stop-grad} * log pi(y)
 
-    has gradient (in expectation) -grad[P(pi > pi_mix) - beta * KL(pi || pi_ref)], the Nash-MD
-    policy-gradient direction. ``policy_logps`` / ``ref_logps`` are log-probs of y.
+    has expected gradient ``-grad_pi [P(pi > pi_mix) - beta * KL(pi || pi_ref)]`` with pi_mix held fixed
+    (E_pi[grad log pi] = 0 makes the 1/2 a baseline and ``E_pi[log(pi/pi_ref) grad log pi] = grad KL``).
+    Symbols -> arguments: ``beta`` = the KL-regularization coefficient (the paper's tau; TRL NashMD
+    ``beta``), *not* the mixture coefficient. Its stationary point for a fixed opponent mu is
+    ``pi ∝ pi_ref exp(P(y > mu) / beta)`` (tested).
+
+    Deviation: TRL's NashMDTrainer applies the KL term per token, ``beta * sum_t [log pi/pi_ref]_t(sg) *
+    log pi_t``; here it is sequence-level (the unbiased REINFORCE form). Not a minimizable loss: use
+    one or a few gradient steps per batch of fresh samples.
     """
     advantage = (preference - 0.5) - beta * (policy_logps - ref_logps)
     return -advantage.detach() * policy_logps
