@@ -153,7 +153,8 @@ def test_inpo_and_egpo_values(rnd):
 
 def test_mnpo_values(rnd):
     eta, tau, w = 2.0, 0.2, [0.5, 0.3, 0.2]
-    got = L.mnpo_loss(*(_t(rnd[k]) for k in ["pc", "pr", "rc", "rr", "hc", "hr"]), eta=eta, tau=tau, weights=w)
+    args = [_t(rnd[k]) for k in ["pc", "pr", "rc", "rr", "hc", "hr"]]
+    got = L.mnpo_loss(*args, eta=eta, tau=tau, weights=w)
     for i in range(N):
         hist = sum(w[j] * (rnd["hc"][i, j] - rnd["hr"][i, j]) for j in range(3))
         h = (rnd["pc"][i] - rnd["pr"][i]) - eta * tau * (rnd["rc"][i] - rnd["rr"][i]) - (1 - eta * tau) * hist
@@ -270,11 +271,14 @@ def test_gradcheck(name):
         "mnpo": (lambda *a: L.mnpo_loss(*a, eta=2.0, tau=0.3, weights=[0.6, 0.4]),
                  six[:4] + [_req(rng, n, 2), _req(rng, n, 2)]),
         "ipo": (lambda *a: L.ipo_loss(*a, beta=0.4), six[:4]),
-        "ipo_avg": (lambda *a: L.ipo_loss(*a, beta=0.4, chosen_lengths=lengths[0], rejected_lengths=lengths[1]),
-                    six[:4]),
+        "ipo_avg": (
+            lambda *a: L.ipo_loss(*a, beta=0.4, chosen_lengths=lengths[0], rejected_lengths=lengths[1]),
+            six[:4],
+        ),
         "dpo": (lambda *a: L.dpo_loss(*a, beta=0.4), six[:4]),
         "sppo": (lambda *a: L.sppo_loss(*a, eta=3.0),
-                 six[:4] + [torch.tensor(rng.uniform(0, 1, n), dtype=DT, requires_grad=True) for _ in range(2)]),
+                 six[:4] + [torch.tensor(rng.uniform(0, 1, n), dtype=DT, requires_grad=True)
+                            for _ in range(2)]),
         "sppo_hard": (lambda *a: L.sppo_hard_loss(*a, eta=3.0), six[:4]),
     }
     fn, inputs = fns[name]
@@ -334,7 +338,8 @@ def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="eta must be"):
         L.inpo_loss(x, x, x, x, x, x, eta=0.0, tau=0.1)
     with pytest.raises(ValueError, match="weights has 1 entries"):
-        L.mnpo_loss(x, x, x, x, x[:, None].repeat(1, 2), x[:, None].repeat(1, 2), eta=1.0, tau=0.1, weights=[1.0])
+        x2 = x[:, None].repeat(1, 2)
+        L.mnpo_loss(x, x, x, x, x2, x2, eta=1.0, tau=0.1, weights=[1.0])
     with pytest.raises(ValueError, match="non-negative"):
         L.mnpo_loss(x, x, x, x, x[:, None], x[:, None], eta=1.0, tau=0.1, weights=[-1.0])
     with pytest.raises(ValueError, match="both"):
@@ -364,7 +369,8 @@ def _inpo_expected(g, eta, tau, mu, anchor):
 
     def f(theta):
         lp = torch.log_softmax(theta, 0)
-        return (w * L.inpo_loss(lp[ch], lp[rj], lref[ch], lref[rj], lanc[ch], lanc[rj], eta=eta, tau=tau)).sum()
+        loss = L.inpo_loss(lp[ch], lp[rj], lref[ch], lref[rj], lanc[ch], lanc[rj], eta=eta, tau=tau)
+        return (w * loss).sum()
 
     return f
 
@@ -396,7 +402,8 @@ def test_egpo_half_and_full_step(game):
 
     def f_half(theta):
         lp = torch.log_softmax(theta, 0)
-        return (w * L.egpo_loss(lp[ch], lp[rj], lref[ch], lref[rj], lanc[ch], lanc[rj], eta=eta, tau=tau)).sum()
+        loss = L.egpo_loss(lp[ch], lp[rj], lref[ch], lref[rj], lanc[ch], lanc[rj], eta=eta, tau=tau)
+        return (w * loss).sum()
 
     _check_min(f_half, half)
     # full step: pairs drawn from pi_{t+1/2}, same anchor pi_t
@@ -405,7 +412,8 @@ def test_egpo_half_and_full_step(game):
 
     def f_full(theta):
         lp = torch.log_softmax(theta, 0)
-        return (w * L.egpo_loss(lp[ch], lp[rj], lref[ch], lref[rj], lanc[ch], lanc[rj], eta=eta, tau=tau)).sum()
+        loss = L.egpo_loss(lp[ch], lp[rj], lref[ch], lref[rj], lanc[ch], lanc[rj], eta=eta, tau=tau)
+        return (w * loss).sum()
 
     _check_min(f_full, full)
     assert np.max(np.abs(full - half)) > 1e-3

@@ -283,11 +283,11 @@ def egpo_loss(
 
     Deviation from the paper's implementation: zhourunlong/EGPO does not minimize per step; it takes one
     gradient step of the *online IPO* loss ``(d(pi) - d(pi_ref) - (P(y > y'') - P(y' > y''))/beta)^2``
-    (samples from the current policy, anchor pi_ref) at theta_t and at theta_{t+1/2} (its ``simulations``
-    and ``lms/trainers/extragradient_trainer.py``). The two agree to first order: at pi = pi_t the
-    gradient of this loss is ``eta*tau`` times the gradient of :func:`ipo_loss` with ``beta = tau``
-    (tested). Minimizing to convergence gives the exact tabular step (tested: half and full step on a
-    game to 1e-6).
+    (samples from the current policy, anchor pi_ref), against pi_t and then against pi_{t+1/2}, in
+    parameter space (its ``simulations`` and ``lms/trainers/extragradient_trainer.py``). The two agree to
+    first order: at pi = pi_t the gradient of this loss is ``eta*tau`` times the gradient of
+    :func:`ipo_loss` with ``beta = tau`` (tested). Minimizing to convergence gives the exact tabular step
+    (tested: half and full step on a game to 1e-7).
     """
     return inpo_loss(
         policy_chosen, policy_rejected, ref_chosen, ref_rejected, anchor_chosen, anchor_rejected,
@@ -331,16 +331,20 @@ def preference_metrics(
     ref_rejected: Tensor,
     *,
     beta: float = 1.0,
+    weights: Tensor | None = None,
 ) -> dict[str, float]:
-    """TRL-named metrics of a batch: implicit rewards ``beta * log pi/pi_ref`` and their margins."""
+    """TRL-named metrics of a batch: implicit rewards ``beta * log pi/pi_ref`` and their margins
+    (weighted means when ``weights`` are given, e.g. soft-label pair weights)."""
     with torch.no_grad():
+        w = torch.ones_like(policy_chosen) if weights is None else weights.to(policy_chosen.dtype)
+        w = w / w.sum()
         rc = beta * (policy_chosen - ref_chosen)
         rr = beta * (policy_rejected - ref_rejected)
         return {
-            "rewards/chosen": rc.mean().item(),
-            "rewards/rejected": rr.mean().item(),
-            "rewards/margins": (rc - rr).mean().item(),
-            "rewards/accuracies": (rc > rr).float().mean().item(),
-            "logps/chosen": policy_chosen.mean().item(),
-            "logps/rejected": policy_rejected.mean().item(),
+            "rewards/chosen": (w * rc).sum().item(),
+            "rewards/rejected": (w * rr).sum().item(),
+            "rewards/margins": (w * (rc - rr)).sum().item(),
+            "rewards/accuracies": (w * (rc > rr).to(w.dtype)).sum().item(),
+            "logps/chosen": (w * policy_chosen).sum().item(),
+            "logps/rejected": (w * policy_rejected).sum().item(),
         }
