@@ -80,7 +80,7 @@ def inpo_loss(
     Why eta/2: ``(h(y_w, y_l) - eta/2)^2 = (h(y, y') - eta*(1{y > y'} - 1/2))^2`` because h is antisymmetric,
     so the label target is ``eta*(P(y > y') - 1/2)`` in expectation, and its least-squares projection
     onto differences f(y) - f(y') is ``f(y) = eta * P(y > pi_t) + const``: the OMD update exactly (tested
-    in tests/test_losses.py on a tabular game to 1e-6).
+    in tests/test_losses.py on a tabular game to 1e-7).
 
     Symbols -> arguments: eta -> ``eta``, tau -> ``tau``, pi_t -> ``prev_*``, pi_ref -> ``ref_*``.
     Public code that writes the target as ``1/(2*beta)`` (smiles724/MNPO's INPO/MNPO trainer:
