@@ -7,6 +7,7 @@ exits with code 2 (``--debug`` shows the traceback instead).
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -21,6 +22,99 @@ app = typer.Typer(
     add_completion=False,
 )
 err_console = Console(stderr=True)
+
+
+ALGOS = "inpo|dpo|ipo|sppo|mnpo|egpo|nash-md"
+
+
+@app.command()
+def train(
+    config: Path | None = typer.Argument(None, help="YAML config; omitted = the built-in task with INPO."),
+    algo: str | None = typer.Option(None, "--algo", help=f"Algorithm: {ALGOS}."),
+    iterations: int | None = typer.Option(None, "--iterations", "-T", help="Number of iterations T."),
+    output_dir: str | None = typer.Option(
+        None, "--output-dir", "-o", help="Run directory (default runs/<algo>-<time>)."
+    ),
+    seed: int | None = typer.Option(None, "--seed"),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this directory."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables (CI)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config field: --set algo.eta=2 (repeatable)."),
+) -> None:
+    """Run iterative Nash policy optimization (sample -> judge -> pairs -> train) and evaluate each iterate."""
+    import time
+
+    from inpo.config import load_config, parse_overrides
+    from inpo.loop import run
+
+    overrides = parse_overrides(set_)
+    if resume is not None:
+        if config is not None:
+            raise InpoError("give either a config file or --resume RUN_DIR, not both")
+        config = resume / "config.yaml"
+        if not config.is_file():
+            raise InpoError(f"{resume}: nothing to resume (no config.yaml)")
+        overrides.setdefault("output_dir", str(resume))
+    for key, value in (("algo", {"name": algo}), ("iterations", iterations), ("seed", seed),
+                       ("output_dir", output_dir)):
+        if value is not None and value != {"name": None}:
+            overrides[key] = {**overrides.get(key, {}), **value} if isinstance(value, dict) else value
+    cfg = load_config(config, overrides)
+    if resume is None and output_dir is None and "output_dir" not in overrides and (
+        config is None or "output_dir" not in (yaml_keys(config))
+    ):
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        cfg = cfg.model_copy(update={"output_dir": f"runs/{cfg.algo.name}-{stamp}"})
+    run(cfg, resume=resume is not None, overwrite=overwrite, quiet=quiet)
+
+
+def yaml_keys(path: Path) -> set[str]:
+    import yaml
+
+    data = yaml.safe_load(path.read_text()) or {}
+    return set(data) if isinstance(data, dict) else set()
+
+
+@app.command("eval")
+def eval_(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `inpo train`."),
+    iteration: int | None = typer.Option(None, "--iteration", help="Which iter_<t> (default: the last)."),
+    judge: str | None = typer.Option(None, "--judge", help="Judge directory, or 'builtin' (default: the run's)."),
+    baseline: Path | None = typer.Option(None, "--baseline", help="Baseline model directory (default: pi_ref)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Win rate of a run's iterate against a baseline (both orders, ties half, 95% CI), KL and length."""
+    import json
+
+    from rich.table import Table
+
+    from inpo.config import load_config
+    from inpo.loop import RunDir, build_setup, evaluate_policy, load_causal_lm
+
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise InpoError(f"{run_dir}: not a run directory (no config.yaml)")
+    overrides = {"judge": {"path": judge}} if judge is not None else {}
+    cfg = load_config(cfg_path, overrides)
+    rundir = RunDir(run_dir)
+    t = iteration if iteration is not None else int(rundir.read_state().get("completed_iterations", 0))
+    if t < 1 or not rundir.iter_dir(t).is_dir():
+        raise InpoError(f"{run_dir}: no checkpoint iter_{t}")
+    console = Console(quiet=json_out)
+    setup = build_setup(cfg, console, progress=False)
+    if baseline is not None:
+        setup.ref = load_causal_lm(baseline, trust_remote_code=cfg.model.trust_remote_code).eval()
+    policy = load_causal_lm(rundir.iter_dir(t), trust_remote_code=cfg.model.trust_remote_code).eval()
+    metrics = {"iteration": t, **evaluate_policy(setup, policy, cfg, rundir, t)}
+    if json_out:
+        print(json.dumps(metrics))
+        return
+    table = Table(title=f"{run_dir} iter_{t} vs {baseline or 'pi_ref'}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    console.print(table)
 
 
 def main() -> None:

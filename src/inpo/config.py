@@ -1,0 +1,217 @@
+"""Typed run configuration: YAML in, frozen pydantic models, unknown keys rejected.
+
+``load_config(path, overrides)`` reads a YAML file (safe-load), applies ``key.sub=value`` overrides and
+validates. Errors are one line naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from inpo.errors import InpoError
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _finite_positive(name: str, v: float) -> float:
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {v}")
+    return v
+
+
+class ModelConfig(_Frozen):
+    """The policy. ``path=None`` means the built-in task's tiny LM (SFT'd in code)."""
+
+    path: str | None = None
+    trust_remote_code: bool = False
+
+
+class DataConfig(_Frozen):
+    """Prompts: JSONL / JSON / parquet file or a `datasets.load_dataset` name; ``None`` = built-in task."""
+
+    prompts: str | None = None
+    split: str = "train"
+    eval_prompts: str | None = None
+    num_prompts: int | None = Field(default=None, gt=0)
+    num_eval_prompts: int = Field(default=64, gt=0)
+    max_prompt_length: int = Field(default=512, gt=0)
+    too_long: Literal["skip", "error"] = "skip"
+
+
+class SamplingConfig(_Frozen):
+    num_samples: int = Field(default=4, ge=2, description="K responses per prompt")
+    temperature: float = 1.0
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    max_new_tokens: int = Field(default=8, gt=0)
+    batch_size: int = Field(default=256, gt=0, description="prompts per generate call")
+    backend: Literal["transformers", "vllm"] = "transformers"
+
+    @field_validator("temperature")
+    @classmethod
+    def _temp(cls, v: float) -> float:
+        return _finite_positive("temperature", v)
+
+
+class JudgeConfig(_Frozen):
+    """``builtin`` = the task's ground-truth judge; otherwise a directory saved by `inpo judge train`."""
+
+    path: str = "builtin"
+
+
+class AlgoConfig(_Frozen):
+    """Algorithm and its hyperparameters (names as in the papers; see inpo/losses.py).
+
+    INPO / MNPO / EGPO / Nash-MD: ``eta`` (step size; public code's ``beta = 1/eta``) and ``tau`` (KL
+    regularization; ``eta*tau <= 1``). SPPO: ``eta``. DPO / IPO: ``beta``.
+    """
+
+    name: Literal["inpo", "dpo", "ipo", "sppo", "mnpo", "egpo", "nash-md"] = "inpo"
+    eta: float = 4.0
+    tau: float = 0.05
+    beta: float = 0.1
+    pairing: Literal["default", "best_vs_worst", "all", "random"] = "default"
+    ipo_average_tokens: bool = False
+    mnpo_weights: tuple[float, ...] = (0.5, 0.5)
+
+    @field_validator("eta", "beta")
+    @classmethod
+    def _pos(cls, v: float, info: Any) -> float:
+        return _finite_positive(info.field_name, v)
+
+    @field_validator("tau")
+    @classmethod
+    def _tau(cls, v: float) -> float:
+        if not math.isfinite(v) or v < 0:
+            raise ValueError(f"tau must be a finite number >= 0, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> AlgoConfig:
+        if self.eta * self.tau > 1:
+            raise ValueError(f"eta*tau must be <= 1 (eta={self.eta}, tau={self.tau})")
+        w = self.mnpo_weights
+        if not w or any((not math.isfinite(x)) or x < 0 for x in w) or abs(sum(w) - 1) > 1e-6:
+            raise ValueError(f"mnpo_weights must be non-negative and sum to 1, got {list(w)}")
+        return self
+
+
+class TrainConfig(_Frozen):
+    epochs: int = Field(default=2, gt=0)
+    lr: float = 3e-4
+    batch_size: int = Field(default=16, gt=0, description="prompts per optimizer step, with all their pairs")
+    grad_accum: int = Field(default=1, gt=0)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    max_grad_norm: float = 1.0
+    weight_decay: float = Field(default=0.0, ge=0)
+    logprob_batch_size: int = Field(default=256, gt=0)
+
+    @field_validator("lr", "max_grad_norm")
+    @classmethod
+    def _pos(cls, v: float, info: Any) -> float:
+        return _finite_positive(info.field_name, v)
+
+
+class TaskConfig(_Frozen):
+    """The built-in task (used when ``model.path`` is None)."""
+
+    seed: int = 0
+    sft_cache: str = "runs/.cache"
+
+
+class RunConfig(_Frozen):
+    output_dir: str = "runs/default"  # the CLI picks runs/<algo>-<time> when none is given
+    iterations: int = Field(default=5, gt=0)
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    judge: JudgeConfig = JudgeConfig()
+    algo: AlgoConfig = AlgoConfig()
+    train: TrainConfig = TrainConfig()
+    task: TaskConfig = TaskConfig()
+
+    @model_validator(mode="after")
+    def _builtin_consistency(self) -> RunConfig:
+        if self.model.path is not None and self.data.prompts is None:
+            raise ValueError("data.prompts is required when model.path is set (the built-in prompts fit only "
+                             "the built-in model)")
+        if self.model.path is not None and self.judge.path == "builtin":
+            raise ValueError("judge.path is required when model.path is set ('builtin' is the task's judge)")
+        return self
+
+
+def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    cur = d
+    for p in parts[:-1]:
+        nxt = cur.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise InpoError(f"override {key}: {p} is not a section")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["algo.eta=2", "train.lr=1e-4"]`` -> nested dict (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise InpoError(f"override '{item}': expected key.sub=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(out, key.strip(), yaml.safe_load(raw))
+    return out
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _format_validation_error(e: ValidationError, source: str) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+    msg = err["msg"].removeprefix("Value error, ")
+    more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+    return f"{source}: field '{loc}': {msg}{more}"
+
+
+def build_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise InpoError(_format_validation_error(e, source)) from None
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    data: dict[str, Any] = {}
+    source = "command line"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise InpoError(f"{p}: config file not found")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            raise InpoError(f"{p}:{where} invalid YAML") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise InpoError(f"{p}: expected a mapping at the top level, got {type(loaded).__name__}")
+        data = loaded
+    return build_config(_merge(data, overrides or {}), source)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,120 @@
+"""Prompt datasets: JSONL / JSON / parquet files or `datasets.load_dataset` names.
+
+A row holds either ``prompt`` (a string, or TRL's conversational form: a list of chat messages) or
+``messages`` (chat messages ``{"role": ..., "content": ...}``), rendered with the tokenizer's chat
+template and a generation prompt. Every error names the file, the row (1-based) and the field.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from inpo.errors import InpoError
+
+ROLES = {"system", "user", "assistant", "tool"}
+
+
+@dataclass(frozen=True)
+class Prompt:
+    text: str  # what the judge sees (chat prompts: the rendered template)
+    ids: list[int]
+
+
+def read_rows(source: str, split: str = "train") -> list[dict[str, Any]]:
+    path = Path(source)
+    if path.suffix in {".jsonl", ".json", ".parquet"} and not path.exists():
+        raise InpoError(f"{source}: file not found")
+    if path.is_file():
+        if path.suffix == ".jsonl":
+            rows = []
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InpoError(f"{source}: line {n}: invalid JSON ({e.msg})") from None
+                if not isinstance(row, dict):
+                    raise InpoError(f"{source}: line {n}: expected a JSON object, got {type(row).__name__}")
+                rows.append(row)
+            return rows
+        if path.suffix == ".json":
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as e:
+                raise InpoError(f"{source}: line {e.lineno}: invalid JSON ({e.msg})") from None
+            if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+                raise InpoError(f"{source}: expected a JSON list of objects")
+            return data
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_table(path).to_pylist()
+        raise InpoError(f"{source}: unsupported file type '{path.suffix}' (use .jsonl, .json or .parquet)")
+    try:
+        import datasets
+
+        return list(datasets.load_dataset(source, split=split))
+    except Exception as e:  # noqa: BLE001 - any failure of the hub/dataset loader is a user error here
+        raise InpoError(f"{source}: not a file, and datasets.load_dataset failed ({type(e).__name__})") from None
+
+
+def _check_messages(messages: Any, where: str) -> list[dict[str, str]]:
+    if not isinstance(messages, list) or not messages:
+        raise InpoError(f"{where}: expected a non-empty list of chat messages")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or not isinstance(m.get("role"), str):
+            raise InpoError(f"{where}[{i}]: each message needs string 'role' and 'content'")
+        if m["role"] not in ROLES:
+            raise InpoError(f"{where}[{i}]: unknown role '{m['role']}' (expected one of {sorted(ROLES)})")
+    return messages
+
+
+def prompt_text(row: dict[str, Any], where: str, tokenizer: Any) -> tuple[str, bool]:
+    """(text, is_chat) of one row."""
+    if "prompt" in row and "messages" in row:
+        raise InpoError(f"{where}: give either 'prompt' or 'messages', not both")
+    value = row.get("prompt", row.get("messages"))
+    field = "prompt" if "prompt" in row else "messages"
+    if value is None:
+        raise InpoError(f"{where}: missing field 'prompt' (or 'messages')")
+    if isinstance(value, str):
+        if field == "messages":
+            raise InpoError(f"{where}: field 'messages' must be a list of chat messages")
+        if not value.strip():
+            raise InpoError(f"{where}: field 'prompt' is empty")
+        return value, False
+    messages = _check_messages(value, f"{where}: field '{field}'")
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise InpoError(f"{where}: chat messages given but the tokenizer has no chat template")
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), True
+
+
+def load_prompts(
+    source: str, tokenizer: Any, *, split: str = "train", max_length: int = 512, too_long: str = "skip",
+    limit: int | None = None,
+) -> tuple[list[Prompt], int]:
+    """Prompts tokenized for generation, and the number skipped for exceeding ``max_length`` tokens."""
+    rows = read_rows(source, split)
+    if not rows:
+        raise InpoError(f"{source}: no rows")
+    out: list[Prompt] = []
+    skipped = 0
+    for n, row in enumerate(rows, start=1):
+        where = f"{source}: row {n}"
+        text, is_chat = prompt_text(row, where, tokenizer)
+        ids = tokenizer(text, add_special_tokens=not is_chat).input_ids
+        if len(ids) > max_length:
+            if too_long == "error":
+                raise InpoError(f"{where}: prompt has {len(ids)} tokens > data.max_prompt_length={max_length}")
+            skipped += 1
+            continue
+        out.append(Prompt(text, list(ids)))
+        if limit is not None and len(out) >= limit:
+            break
+    if not out:
+        raise InpoError(f"{source}: every prompt is longer than data.max_prompt_length={max_length}")
+    return out, skipped

@@ -1,0 +1,614 @@
+"""THE iterative loop, one file, top to bottom.
+
+    for t = 1..T:
+        for each step of the algorithm (1; EGPO: 2):
+            sample K responses per prompt from the current policy (or, for Nash-MD, from the
+                geometric mixture of pi_t and pi_ref)                              -> stages/iter_t/s*_samples.pt
+            judge: the K x K preference matrix of each prompt                         -> s*_judgements.pt
+            cache sequence log-probs of pi_ref, pi_t (and past iterates for MNPO)     -> s*_logps.pt
+            build pairs (all with soft labels | best-vs-worst | random) and train the policy on the
+                algorithm's loss for E epochs (AdamW, warm-up, clipping, accumulation)
+        save pi_{t+1} as iter_t/ (save_pretrained, safetensors), evaluate, append metrics.jsonl
+
+Each stage's artifact is written atomically (temp file + rename) and every random phase is seeded by
+(seed, t, step, phase), so a run killed anywhere resumes (``resume=True``) from its last artifact and
+ends bit-identical to an uninterrupted run on CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from inpo.algorithms import ALGORITHMS, Algorithm, LossInputs, Pairs, build_pairs, win_rates
+from inpo.config import RunConfig, dump_config
+from inpo.data import Prompt, load_prompts
+from inpo.errors import InpoError
+from inpo.evaluate import game_metrics, kl_estimate, mean_length, symmetric_win_scores, win_rate
+from inpo.judges.base import Judge
+from inpo.logprobs import batched_sequence_logprobs, collate, sequence_logprobs
+from inpo.losses import preference_metrics
+from inpo.sampling import sample_responses
+
+
+class NonFiniteError(InpoError):
+    """A NaN/inf loss or gradient: the iteration stops, the last good checkpoint is kept."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Set-up: models, tokenizer, prompts, judge
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Setup:
+    tokenizer: Any
+    policy: torch.nn.Module
+    ref: torch.nn.Module
+    ref_path: Path
+    train_prompts: list[Prompt]
+    eval_prompts: list[Prompt]
+    judge: Judge
+    task: Any | None  # the built-in task (exact game metrics) or None
+    pad_id: int
+    eos_id: int
+
+
+def load_causal_lm(path: str | Path, *, trust_remote_code: bool = False) -> torch.nn.Module:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    p = Path(path)
+    if not p.exists():
+        raise InpoError(f"model.path: {path} does not exist")
+    try:
+        config = AutoConfig.from_pretrained(p, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001
+        raise InpoError(f"model.path: {path} is not a transformers model directory ({type(e).__name__})") from None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(p, trust_remote_code=trust_remote_code, use_safetensors=True)
+    except Exception as e:  # noqa: BLE001
+        raise InpoError(
+            f"model.path: {path} ({config.model_type}) could not be loaded as a causal LM with safetensors "
+            f"weights ({type(e).__name__})"
+        ) from None
+    return model
+
+
+def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001
+        raise InpoError(f"model.path: {path}: no loadable tokenizer ({type(e).__name__})") from None
+    if tok.eos_token_id is None:
+        raise InpoError(f"model.path: {path}: the tokenizer has no eos_token; responses could not end")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token  # padding is masked everywhere; EOS as pad is safe
+    return tok
+
+
+def build_setup(cfg: RunConfig, console: Console, *, progress: bool) -> Setup:
+    task = None
+    if cfg.model.path is None:
+        from inpo.tasks import BuiltinTask, BuiltinTaskConfig, build_reference
+
+        task = BuiltinTask(BuiltinTaskConfig(seed=cfg.task.seed))
+        ref_path = build_reference(task, cfg.task.sft_cache, progress=progress)
+    else:
+        ref_path = Path(cfg.model.path)
+    trc = cfg.model.trust_remote_code
+    tokenizer = load_tokenizer(ref_path, trust_remote_code=trc)
+    policy = load_causal_lm(ref_path, trust_remote_code=trc)
+    ref = load_causal_lm(ref_path, trust_remote_code=trc)
+    ref.requires_grad_(False).eval()
+
+    d = cfg.data
+    if task is not None:
+        def as_prompts(texts: list[str]) -> list[Prompt]:
+            return [Prompt(t, tokenizer(t).input_ids) for t in texts]
+
+        train_p, eval_p = as_prompts(task.train_prompts), as_prompts(task.eval_prompts)
+    else:
+        assert d.prompts is not None
+        train_p, skipped = load_prompts(d.prompts, tokenizer, split=d.split, max_length=d.max_prompt_length,
+                                        too_long=d.too_long, limit=d.num_prompts)
+        if skipped:
+            console.print(f"[yellow]skipped {skipped} prompts longer than data.max_prompt_length[/]")
+        if d.eval_prompts is not None:
+            eval_p, _ = load_prompts(d.eval_prompts, tokenizer, max_length=d.max_prompt_length,
+                                     too_long=d.too_long, limit=d.num_eval_prompts)
+        else:
+            eval_p = train_p[: d.num_eval_prompts]
+    if d.num_prompts is not None:
+        train_p = train_p[: d.num_prompts]
+
+    if cfg.judge.path == "builtin":
+        assert task is not None
+        judge: Judge = task.judge()
+    else:
+        from inpo.judges import load_judge
+
+        judge = load_judge(cfg.judge.path)
+    return Setup(tokenizer, policy, ref, Path(ref_path), train_p, eval_p, judge, task,
+                 int(tokenizer.pad_token_id), int(tokenizer.eos_token_id))
+
+
+# --------------------------------------------------------------------------------------------------
+# Run directory: atomic writes, stages, resume
+# --------------------------------------------------------------------------------------------------
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def config_hash(cfg: RunConfig) -> str:
+    return hashlib.sha256(dump_config(cfg).encode()).hexdigest()[:16]
+
+
+class RunDir:
+    """``config.yaml``, ``state.json``, ``metrics.jsonl``, ``iter_<t>/`` checkpoints, ``stages/``, plots."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def iter_dir(self, t: int) -> Path:
+        return self.path / f"iter_{t}"
+
+    def stage(self, t: int, name: str) -> Path:
+        d = self.path / "stages" / f"iter_{t}"
+        d.mkdir(parents=True, exist_ok=True)
+        return d / f"{name}.pt"
+
+    def read_state(self) -> dict[str, Any]:
+        p = self.path / "state.json"
+        return json.loads(p.read_text()) if p.exists() else {}
+
+    def write_state(self, state: dict[str, Any]) -> None:
+        atomic_write_text(self.path / "state.json", json.dumps(state, indent=1))
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        p = self.path / "metrics.jsonl"
+        if not p.exists():
+            return []
+        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+    def prepare(self, cfg: RunConfig, *, resume: bool, overwrite: bool) -> int:
+        """Create or reopen the run directory; return the number of completed iterations."""
+        h = config_hash(cfg)
+        if self.path.exists() and any(self.path.iterdir()):
+            state = self.read_state()
+            if overwrite:
+                shutil.rmtree(self.path)
+            elif not resume:
+                raise InpoError(f"{self.path}: run directory already holds a run (use --resume to continue it "
+                                "or --overwrite to replace it)")
+            elif state.get("config_hash") != h:
+                raise InpoError(f"{self.path}: holds a run with a different config (config.yaml differs); "
+                                "use --overwrite to replace it")
+            else:
+                return int(state.get("completed_iterations", 0))
+        elif resume:
+            raise InpoError(f"{self.path}: nothing to resume (no run there)")
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path / "config.yaml", dump_config(cfg))
+        self.write_state({"config_hash": h, "completed_iterations": 0, "versions": _versions()})
+        return 0
+
+
+def _versions() -> dict[str, str]:
+    import accelerate
+    import transformers
+
+    import inpo
+
+    return {"inpo": inpo.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "accelerate": accelerate.__version__}
+
+
+def staged(path: Path, make: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Load a stage's artifact if it exists, else compute ``make(*args, **kwargs)`` and save it atomically."""
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    obj = make(*args, **kwargs)
+    atomic_torch_save(obj, path)
+    return obj
+
+
+def seed_for(cfg: RunConfig, t: int, step: int, phase: str) -> int:
+    digest = hashlib.sha256(f"{cfg.seed}/{t}/{step}/{phase}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+# --------------------------------------------------------------------------------------------------
+# Phases
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Samples:
+    """K responses per prompt, flattened: sample i*K + k is response k of prompt i."""
+
+    prompt_ids: list[list[int]]
+    responses: list[list[int]]
+    k: int
+
+
+def judge_matrices(judge: Judge, prompts: list[Prompt], texts: list[str], k: int) -> torch.Tensor:
+    """[N, K, K] preference matrices; checks the judge's output (finite, in [0, 1], antisymmetric)."""
+    out = []
+    for i, p in enumerate(prompts):
+        try:
+            m = judge.matrix(p.text, texts[i * k : (i + 1) * k])
+        except InpoError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a judge's failure is reported with the prompt row
+            raise InpoError(f"judge failed on prompt {i}: {type(e).__name__}: {e}") from None
+        m = torch.as_tensor(m, dtype=torch.float64)
+        if m.shape != (k, k) or not torch.isfinite(m).all() or (m < 0).any() or (m > 1).any():
+            raise InpoError(f"judge returned an invalid matrix for prompt {i} (NaN or outside [0, 1] or shape "
+                            f"{tuple(m.shape)} != ({k}, {k}))")
+        out.append(m)
+    return torch.stack(out)
+
+
+def cache_logprobs(
+    models: dict[str, torch.nn.Module], samples: Samples, *, pad_id: int, batch_size: int
+) -> dict[str, torch.Tensor]:
+    """No-grad sequence log-probs of every sample under each named model (one pass per model)."""
+    prompts = [samples.prompt_ids[i // samples.k] for i in range(len(samples.responses))]
+    return {
+        name: batched_sequence_logprobs(m, prompts, samples.responses, pad_id=pad_id, batch_size=batch_size)
+        for name, m in models.items()
+    }
+
+
+def train_on_pairs(
+    policy: torch.nn.Module,
+    accelerator: Accelerator,
+    algo: Algorithm,
+    cfg: RunConfig,
+    samples: Samples,
+    pairs: Pairs,
+    cache: dict[str, torch.Tensor],
+    winrates: torch.Tensor | None,
+    *,
+    pad_id: int,
+    seed: int,
+    on_step: Callable[[], None] | None = None,
+) -> dict[str, float]:
+    """E epochs of AdamW on the algorithm's loss over the pairs. Returns mean metrics.
+
+    A step takes ``train.batch_size`` prompts with all their pairs, split into ``train.grad_accum``
+    micro-batches; each micro-batch's weighted loss is divided by the step's total weight, so
+    accumulation 1x8 == 8x1. Each distinct response of a micro-batch goes through the model once
+    (chosen and rejected in one forward; with K samples and all pairs, K forwards serve K(K-1) pairs).
+    """
+    tc = cfg.train
+    prompts = torch.unique(pairs.prompt)
+    steps_per_epoch = math.ceil(len(prompts) / tc.batch_size)
+    total = steps_per_epoch * tc.epochs
+    warmup = int(tc.warmup_ratio * total)
+
+    def lr_factor(s: int) -> float:  # linear warm-up, then linear decay
+        return (s + 1) / (warmup + 1) if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
+
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
+    device = accelerator.device
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([len(r) for r in samples.responses], dtype=torch.float32)
+    sums: dict[str, float] = {}
+    weight_seen = 0.0
+    policy.train()
+    for epoch in range(tc.epochs):
+        order = prompts[torch.randperm(len(prompts), generator=g)]
+        for s in range(steps_per_epoch):
+            step_prompts = order[s * tc.batch_size : (s + 1) * tc.batch_size]
+            step_weight = pairs.weight[torch.isin(pairs.prompt, step_prompts)].sum()
+            for micro in torch.tensor_split(step_prompts, min(tc.grad_accum, len(step_prompts))):
+                idx = torch.nonzero(torch.isin(pairs.prompt, micro)).squeeze(-1)
+                c, r = pairs.chosen[idx], pairs.rejected[idx]
+                uniq, inv = torch.unique(torch.cat([c, r]), return_inverse=True)
+                u = uniq.tolist()
+                ids, att, resp = collate([samples.prompt_ids[i // samples.k] for i in u],
+                                         [samples.responses[i] for i in u], pad_id)
+                lp = sequence_logprobs(policy, ids.to(device), att.to(device), resp.to(device)).float().cpu()[inv]
+                b = len(idx)
+
+                def get(name: str, c: torch.Tensor = c, r: torch.Tensor = r) -> tuple[Any, Any]:
+                    return (cache[name][c], cache[name][r]) if name in cache else (None, None)
+
+                hist, wr = cache.get("hist"), winrates
+                inputs = LossInputs(
+                    lp[:b], lp[b:], *get("ref"), *get("prev"),
+                    hist[c] if hist is not None else None, hist[r] if hist is not None else None,
+                    wr[c] if wr is not None else None, wr[r] if wr is not None else None,
+                    lengths[c], lengths[r],
+                )
+                per_example = algo.loss(inputs, cfg.algo)
+                w = pairs.weight[idx]
+                loss = (per_example * w).sum() / step_weight
+                if not torch.isfinite(loss):
+                    raise NonFiniteError(f"non-finite loss in epoch {epoch + 1}, step {s + 1}: iteration stopped, "
+                                         "last good checkpoint kept")
+                accelerator.backward(loss)
+                anchor_c = inputs.ref_chosen if inputs.ref_chosen is not None else inputs.prev_chosen
+                anchor_r = inputs.ref_rejected if inputs.ref_rejected is not None else inputs.prev_rejected
+                metrics = preference_metrics(inputs.policy_chosen, inputs.policy_rejected, anchor_c, anchor_r,
+                                             weights=w)
+                metrics["loss/train"] = ((per_example * w).sum() / w.sum()).item()
+                wsum = w.sum().item()
+                for key, v in metrics.items():
+                    sums[key] = sums.get(key, 0.0) + v * wsum
+                weight_seen += wsum
+            grad_norm = accelerator.clip_grad_norm_(policy.parameters(), tc.max_grad_norm)
+            if not torch.isfinite(torch.as_tensor(grad_norm)):
+                raise NonFiniteError(f"non-finite gradient in epoch {epoch + 1}, step {s + 1}: iteration stopped, "
+                                     "last good checkpoint kept")
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if on_step is not None:
+                on_step()
+    policy.eval()
+    return {k: v / max(weight_seen, 1e-12) for k, v in sums.items()}
+
+
+def evaluate_policy(setup: Setup, policy: torch.nn.Module, cfg: RunConfig, run: RunDir, t: int) -> dict[str, float]:
+    """Metrics of the policy on the eval prompts (no grad)."""
+    from inpo.config import SamplingConfig
+
+    prompts = [p.ids for p in setup.eval_prompts]
+    one = SamplingConfig(**{**cfg.sampling.model_dump(), "num_samples": 2})
+    resp = sample_responses(policy, prompts, one, eos_id=setup.eos_id, pad_id=setup.pad_id,
+                            seed=seed_for(cfg, t, 0, "eval"))
+    both = [r for rs in resp for r in rs]
+    both_prompts = [p for p in prompts for _ in range(one.num_samples)]
+    lp_pol = batched_sequence_logprobs(policy, both_prompts, both, pad_id=setup.pad_id)
+    lp_ref = batched_sequence_logprobs(setup.ref, both_prompts, both, pad_id=setup.pad_id)
+    out = {"eval/kl_to_ref": kl_estimate(lp_pol, lp_ref), "eval/mean_length": mean_length(both)}
+    flat = [r[0] for r in resp]
+    texts = [p.text for p in setup.eval_prompts]
+    if setup.task is not None:
+        game = setup.task.game_for_prompts(texts)
+        pi = setup.task.style_distribution(policy, setup.tokenizer, texts)
+        pi_ref = setup.task.style_distribution(setup.ref, setup.tokenizer, texts)
+        out.update(game_metrics(game, pi, pi_ref))
+    # win rate against pi_ref under the run's judge (both orders), reference samples cached on disk
+    ref_resp = staged(run.stage(0, "eval_ref_samples"), lambda: [r[0] for r in sample_responses(
+        setup.ref, prompts, one, eos_id=setup.eos_id, pad_id=setup.pad_id, seed=seed_for(cfg, 0, 0, "eval_ref"))])
+    dec = setup.tokenizer.batch_decode
+    scores = symmetric_win_scores(setup.judge, texts, dec(flat, skip_special_tokens=True),
+                                  dec(ref_resp, skip_special_tokens=True))
+    wr = win_rate(scores)
+    out.update({"pref/win_rate": wr.mean, "pref/win_rate_ci_low": wr.ci_low, "pref/win_rate_ci_high": wr.ci_high})
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Progress and output
+# --------------------------------------------------------------------------------------------------
+
+
+COLUMNS = [("iter", "iteration", "{:d}"), ("win vs ref (judge)", "pref/win_rate", "{:.3f}"),
+           ("win vs ref (exact)", "game/win_rate_vs_ref", "{:.3f}"), ("duality gap", "game/duality_gap", "{:.4f}"),
+           ("KL(pi||ref)", "eval/kl_to_ref", "{:.3f}"), ("len", "eval/mean_length", "{:.2f}"),
+           ("loss", "loss/train", "{:.4f}"), ("pairs", "train/pairs", "{:d}"), ("sample s", "time/sample", "{:.1f}"),
+           ("judge s", "time/judge", "{:.1f}"), ("logps s", "time/logprobs", "{:.1f}"), ("train s", "time/train", "{:.1f}")]
+
+
+def metrics_table(rows: list[dict[str, Any]], title: str) -> Table:
+    table = Table(title=title)
+    present = [c for c in COLUMNS if any(c[1] in r for r in rows)]
+    for name, _, _ in present:
+        table.add_column(name, justify="right")
+    for r in rows:
+        table.add_row(*[fmt.format(r[key]) if key in r else "-" for _, key, fmt in present])
+    return table
+
+
+def write_plots(run: RunDir, rows: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [("pref/win_rate", "win rate vs pi_ref"), ("game/duality_gap", "duality gap")]
+    keys = [k for k in keys if any(k[0] in r for r in rows)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False)
+    for ax, (key, label) in zip(axes[0], keys, strict=True):
+        pts = [(r["iteration"], r[key]) for r in rows if key in r]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
+        ax.set_xlabel("iteration")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = run.path / ".metrics.png.tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, run.path / "metrics.png")
+
+
+@contextmanager
+def progress_bars(enabled: bool) -> Iterator[Progress]:
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeRemainingColumn(), disable=not enabled, transient=True)
+    with progress:
+        yield progress
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------------
+
+
+def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
+        console: Console | None = None) -> list[dict[str, Any]]:
+    """Run (or resume) the iterative loop described in the module docstring; return metrics rows."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    if console is None:
+        console = Console(quiet=quiet)
+        if not console.is_terminal:
+            console.width = 160
+    torch.manual_seed(cfg.seed)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    algo = ALGORITHMS[cfg.algo.name]
+    pairing = algo.pairing if cfg.algo.pairing == "default" else cfg.algo.pairing
+    rundir = RunDir(cfg.output_dir)
+    done = rundir.prepare(cfg, resume=resume, overwrite=overwrite)
+    setup = build_setup(cfg, console, progress=not quiet)
+    policy = setup.policy
+    if done > 0:  # resume from the last complete checkpoint
+        policy = load_causal_lm(rundir.iter_dir(done), trust_remote_code=cfg.model.trust_remote_code)
+    policy = accelerator.prepare(policy)
+    rows = [r for r in rundir.read_metrics() if r["iteration"] <= done]
+    if not rows:
+        rows = [{"iteration": 0, **evaluate_policy(setup, policy, cfg, rundir, 0)}]
+        rundir.write_metrics(rows)
+    console.print(f"[bold]inpo[/] {algo.name}: {len(setup.train_prompts)} prompts x K={cfg.sampling.num_samples}, "
+                  f"{cfg.iterations} iterations, pairing={pairing} -> {rundir.path}")
+    if done:
+        console.print(f"resuming after iteration {done}")
+    console.print(metrics_table(rows, "start"))
+
+    prompt_ids = [p.ids for p in setup.train_prompts]
+    for t in range(done + 1, cfg.iterations + 1):
+        times = {"time/sample": 0.0, "time/judge": 0.0, "time/logprobs": 0.0, "time/train": 0.0}
+        anchor = copy.deepcopy(accelerator.unwrap_model(policy)).eval() if algo.steps_per_iteration > 1 else None
+        train_metrics: dict[str, float] = {}
+        n_pairs = 0
+        for step in range(algo.steps_per_iteration):
+            with progress_bars(not quiet) as bars:
+                # 1. sample K responses per prompt from pi_t (Nash-MD: from the geometric mixture)
+                t0 = time.perf_counter()
+                bar = bars.add_task(f"iter {t} sample", total=len(prompt_ids))
+                mixture = (setup.ref, cfg.algo.eta * cfg.algo.tau) if algo.sample_from_mixture else None
+                responses = staged(rundir.stage(t, f"s{step}_samples"), sample_flat, accelerator.unwrap_model(policy),
+                                   prompt_ids, cfg, setup, seed=seed_for(cfg, t, step, "sample"), mixture=mixture,
+                                   progress=partial(bars.advance, bar))
+                samples = Samples(prompt_ids, responses, cfg.sampling.num_samples)
+                times["time/sample"] += time.perf_counter() - t0
+
+                # 2. judge every prompt's K x K matrix
+                t0 = time.perf_counter()
+                texts = setup.tokenizer.batch_decode(responses, skip_special_tokens=True)
+                matrices = staged(rundir.stage(t, f"s{step}_judgements"), judge_matrices, setup.judge,
+                                  setup.train_prompts, texts, samples.k)
+                times["time/judge"] += time.perf_counter() - t0
+
+                # 3. cache log-probs of the anchors (no grad, length-sorted batches)
+                t0 = time.perf_counter()
+                models: dict[str, torch.nn.Module] = {}
+                if algo.needs_ref:
+                    models["ref"] = setup.ref
+                if algo.needs_prev:
+                    models["prev"] = anchor if anchor is not None else accelerator.unwrap_model(policy)
+                if algo.needs_history:
+                    models.update(history_models(rundir, setup, accelerator.unwrap_model(policy), t, cfg))
+                cache = staged(rundir.stage(t, f"s{step}_logps"), cache_logprobs, models, samples,
+                               pad_id=setup.pad_id, batch_size=cfg.train.logprob_batch_size)
+                if algo.needs_history:
+                    cache["hist"] = torch.stack([cache[f"hist{j}"] for j in range(len(cfg.algo.mnpo_weights))], -1)
+                times["time/logprobs"] += time.perf_counter() - t0
+
+                # 4. pairs and training of pi_{t+1}
+                t0 = time.perf_counter()
+                pairs = build_pairs(matrices, pairing,
+                                    generator=torch.Generator().manual_seed(seed_for(cfg, t, step, "pairs")))
+                if len(pairs) == 0:
+                    console.print(f"[yellow]iteration {t}: the judge found no preference among the samples; "
+                                  "no training this step[/]")
+                    continue
+                wr = win_rates(matrices).flatten().float() if algo.needs_winrates else None
+                steps = math.ceil(len(torch.unique(pairs.prompt)) / cfg.train.batch_size) * cfg.train.epochs
+                bar = bars.add_task(f"iter {t} train", total=steps)
+                train_metrics = train_on_pairs(policy, accelerator, algo, cfg, samples, pairs, cache, wr,
+                                               pad_id=setup.pad_id, seed=seed_for(cfg, t, step, "train"),
+                                               on_step=partial(bars.advance, bar))
+                n_pairs += len(pairs)
+                times["time/train"] += time.perf_counter() - t0
+
+        # 5. checkpoint (atomic: written to a temp dir, then renamed), evaluate, record
+        unwrapped = accelerator.unwrap_model(policy)
+        if accelerator.is_main_process:
+            save_checkpoint(unwrapped, setup.tokenizer, rundir.iter_dir(t))
+        row = {"iteration": t, **train_metrics, "train/pairs": n_pairs, **times,
+               **evaluate_policy(setup, unwrapped, cfg, rundir, t)}
+        rows.append(row)
+        rundir.write_metrics(rows)
+        rundir.write_state({**rundir.read_state(), "completed_iterations": t})
+        console.print(metrics_table(rows[-1:], f"iteration {t}"))
+        write_plots(rundir, rows)
+    console.print(metrics_table(rows, f"{algo.name}: summary ({rundir.path / 'metrics.jsonl'})"))
+    return rows
+
+
+def save_checkpoint(model: torch.nn.Module, tokenizer: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+def history_models(
+    rundir: RunDir, setup: Setup, current: torch.nn.Module, t: int, cfg: RunConfig
+) -> dict[str, torch.nn.Module]:
+    """The last n iterates pi_t, pi_{t-1}, ... as ``hist0, hist1, ...`` (MNPO). pi_t is saved as iter_{t-1}
+    and iter_0 is pi_ref; iterates before pi_1 do not exist, so pi_ref stands in for them."""
+    out: dict[str, torch.nn.Module] = {}
+    for j in range(len(cfg.algo.mnpo_weights)):
+        it = t - 1 - j
+        if j == 0:
+            out["hist0"] = current
+        elif it <= 0:
+            out[f"hist{j}"] = setup.ref
+        else:
+            out[f"hist{j}"] = load_causal_lm(rundir.iter_dir(it), trust_remote_code=cfg.model.trust_remote_code)
+    return out
+
+
+def sample_flat(
+    model: torch.nn.Module, prompt_ids: list[list[int]], cfg: RunConfig, setup: Setup, *, seed: int,
+    mixture: tuple[torch.nn.Module, float] | None, progress: Callable[[int], None] | None,
+) -> list[list[int]]:
+    """K responses per prompt, flattened (prompt i, sample k -> i*K + k)."""
+    nested = sample_responses(model, prompt_ids, cfg.sampling, eos_id=setup.eos_id, pad_id=setup.pad_id,
+                              seed=seed, mixture=mixture, progress=progress)
+    return [r for rs in nested for r in rs]

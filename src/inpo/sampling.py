@@ -1,0 +1,113 @@
+"""Response generation: K samples per prompt with transformers ``generate`` (batched, KV cache).
+
+Prompts are token-id lists; they are left-padded into one batch per ``batch_size`` prompts and each
+row is expanded to K return sequences, so one ``generate`` call samples K x batch_size responses.
+A response keeps its EOS token (its log-prob is part of the sequence); a response that reaches
+``max_new_tokens`` without EOS is kept as is (truncated).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+from inpo.config import SamplingConfig
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        if len(p):
+            ids[i, width - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
+            mask[i, width - len(p) :] = 1
+    return ids, mask
+
+
+def strip_response(tokens: Sequence[int], eos_id: int, pad_id: int) -> list[int]:
+    """Cut a generated continuation after its first EOS (kept); drop trailing padding."""
+    out: list[int] = []
+    for t in tokens:
+        out.append(int(t))
+        if t == eos_id:
+            return out
+    while out and out[-1] == pad_id and pad_id != eos_id:
+        out.pop()
+    return out
+
+
+class GeometricMixture(LogitsProcessor):
+    """Token-level geometric mixture for Nash-MD sampling (Munos et al. 2023; as in TRL's Nash-MD):
+    log pi_mix(.|s) = (1 - w) log pi(.|s) + w log pi_ref(.|s) + const, with ``w`` the reference weight.
+
+    The reference model is run on the whole prefix at every step (no KV cache): fine for the short
+    responses of the built-in task, quadratic in length for long ones.
+    """
+
+    def __init__(self, ref: torch.nn.Module, weight: float, pad_id: int, prompt_mask: torch.Tensor) -> None:
+        self.ref, self.weight, self.pad_id, self.prompt_mask = ref, weight, pad_id, prompt_mask
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        new = input_ids.shape[1] - self.prompt_mask.shape[1]
+        mask = torch.cat([self.prompt_mask, self.prompt_mask.new_ones((input_ids.shape[0], new))], dim=1)
+        pos = (mask.cumsum(-1) - 1).clamp_min(0)
+        ref_logits = self.ref(input_ids=input_ids, attention_mask=mask, position_ids=pos).logits[:, -1]
+        mix = (1 - self.weight) * torch.log_softmax(scores.float(), -1) + self.weight * torch.log_softmax(
+            ref_logits.float(), -1)
+        return mix.to(scores.dtype)
+
+
+@torch.no_grad()
+def sample_responses(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    cfg: SamplingConfig,
+    *,
+    eos_id: int,
+    pad_id: int,
+    seed: int,
+    mixture: tuple[torch.nn.Module, float] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[list[list[int]]]:
+    """``out[i][k]`` = the k-th sampled response (token ids) to prompt i; seeded (``seed``).
+
+    ``mixture=(ref_model, w)`` samples from the geometric mixture pi^{1-w} pi_ref^w (Nash-MD)."""
+    device = next(model.parameters()).device
+    gen_cfg = GenerationConfig(
+        do_sample=True,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        top_k=0,
+        max_new_tokens=cfg.max_new_tokens,
+        num_return_sequences=cfg.num_samples,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+    )
+    was_training = model.training
+    model.eval()
+    torch.manual_seed(seed)
+    results: list[list[list[int]]] = []
+    try:
+        for s in range(0, len(prompts), cfg.batch_size):
+            chunk = prompts[s : s + cfg.batch_size]
+            ids, mask = left_pad(chunk, pad_id)
+            processors = LogitsProcessorList()
+            if mixture is not None:
+                rep = mask.repeat_interleave(cfg.num_samples, dim=0).to(device)
+                processors.append(GeometricMixture(mixture[0], mixture[1], pad_id, rep))
+            out = model.generate(
+                input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg,
+                logits_processor=processors,
+            )
+            new = out[:, ids.shape[1] :].cpu().tolist()
+            k = cfg.num_samples
+            for i in range(len(chunk)):
+                results.append([strip_response(new[i * k + j], eos_id, pad_id) for j in range(k)])
+            if progress is not None:
+                progress(len(chunk))
+    finally:
+        model.train(was_training)
+    return results
