@@ -9,8 +9,9 @@ accepts, each with a ``case`` column.
   gets more than 2 of the 3 pairs of a prompt right, so a BT judge is capped at 2/3 accuracy on
   complete held-out triples; GPM and pair can reach 1.
 * :func:`transitive_matrix` - a total order s0 > s1 > ... (BT's home ground).
-* :func:`mixture_matrix` - a population of annotator groups, each with its own transitive ranking.
-  Three groups with rotated rankings (Condorcet) aggregate to a 2/3-cycle.
+* :func:`mixture_matrix` / :func:`annotator_rows` - a population of annotator groups, each with its
+  own transitive ranking. Two opposite groups 3:1 give P = 3/4 on every pair, which no BT model fits
+  (it would need P(s0 > s2) = 0.9); three groups with rotated rankings (Condorcet) give a 2/3-cycle.
 * :func:`position_trap` - labels carry only position (response_1 always "wins").
 * :func:`length_trap` - a quality word decides; length is spuriously correlated in training and
   anti-correlated in the test set.
@@ -67,6 +68,7 @@ def mixture_matrix(rankings: Sequence[Sequence[int]], weights: Sequence[float]) 
 
 
 CONDORCET_RANKINGS = ((0, 1, 2), (1, 2, 0), (2, 0, 1))
+OPPOSITE_RANKINGS = ((0, 1, 2), (2, 1, 0))
 
 
 def _prompts(n: int, rng: random.Random, width: int = 3) -> list[str]:
@@ -125,11 +127,42 @@ def transitive_rows(n_prompts: int = 40, n_styles: int = 4, seed: int = 0) -> li
     return style_game_rows(transitive_matrix(n_styles), n_prompts=n_prompts, seed=seed, case="transitive")
 
 
-def condorcet_rows(n_prompts: int = 80, labels_per_pair: int = 3, seed: int = 0) -> list[dict[str, Any]]:
-    """Three equally large annotator groups with rotated transitive rankings; labels sampled."""
-    p = mixture_matrix(CONDORCET_RANKINGS, [1 / 3] * 3)
-    return style_game_rows(p, n_prompts=n_prompts, seed=seed, labels_per_pair=labels_per_pair,
-                           sample_labels=True, case="condorcet")
+def annotator_rows(
+    rankings: Sequence[Sequence[int]],
+    labels_per_group: Sequence[int],
+    *,
+    n_prompts: int,
+    seed: int = 0,
+    case: str = "annotators",
+) -> list[dict[str, Any]]:
+    """Each prompt's style pairs labelled by every annotator group, ``labels_per_group[g]`` times each.
+
+    Group g prefers styles in the order ``rankings[g]`` (best first). No sampling noise: the label
+    frequencies of every prompt equal the population matrix
+    ``mixture_matrix(rankings, labels_per_group / sum)``, so its maximum-likelihood judge is that matrix.
+    """
+    rng = random.Random(seed)
+    n = len(rankings[0])
+    styles = style_words(n)
+    rows = []
+    for prompt in _prompts(n_prompts, rng):
+        resp = [_response(s, rng, rng.randint(1, 2)) for s in styles]
+        for i, j in itertools.combinations(range(n), 2):
+            for ranking, count in zip(rankings, labels_per_group, strict=True):
+                r = list(ranking)
+                c, rj = (i, j) if r.index(i) < r.index(j) else (j, i)
+                rows += [{"prompt": prompt, "chosen": resp[c], "rejected": resp[rj], "case": case}] * count
+    rng.shuffle(rows)
+    return rows
+
+
+def condorcet_rows(n_prompts: int = 40, seed: int = 0) -> list[dict[str, Any]]:
+    """Three equal annotator groups with rotated rankings (0>1>2, 1>2>0, 2>0>1), one label each.
+
+    Every group is transitive; the population is a 2/3-cycle: P(0>1) = P(1>2) = P(2>0) = 2/3. Any BT
+    model has at least one of the three at <= 1/2, so its largest error is >= 1/6.
+    """
+    return annotator_rows(CONDORCET_RANKINGS, [1, 1, 1], n_prompts=n_prompts, seed=seed, case="condorcet")
 
 
 def position_trap(n_prompts: int = 200, seed: int = 0) -> list[dict[str, Any]]:
