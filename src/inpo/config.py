@@ -119,10 +119,12 @@ class TrainConfig(_Frozen):
 
 
 class TaskConfig(_Frozen):
-    """The built-in task (used when ``model.path`` is None)."""
+    """The built-in task (used when ``model.path`` is None). ``options`` are fields of
+    ``inpo.tasks.BuiltinTaskConfig`` (e.g. ``n_train_prompts``, ``sft_steps``)."""
 
     seed: int = 0
     sft_cache: str = "runs/.cache"
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
 class RunConfig(_Frozen):

@@ -110,7 +110,11 @@ def build_setup(cfg: RunConfig, console: Console, *, progress: bool) -> Setup:
     if cfg.model.path is None:
         from inpo.tasks import BuiltinTask, BuiltinTaskConfig, build_reference
 
-        task = BuiltinTask(BuiltinTaskConfig(seed=cfg.task.seed))
+        try:
+            task_cfg = BuiltinTaskConfig(**{"seed": cfg.task.seed, **cfg.task.options})
+        except TypeError as e:
+            raise InpoError(f"task.options: {e}") from None
+        task = BuiltinTask(task_cfg)
         ref_path = build_reference(task, cfg.task.sft_cache, progress=progress)
     else:
         ref_path = Path(cfg.model.path)
@@ -425,7 +429,8 @@ COLUMNS = [("iter", "iteration", "{:d}"), ("win vs ref (judge)", "pref/win_rate"
            ("win vs ref (exact)", "game/win_rate_vs_ref", "{:.3f}"), ("duality gap", "game/duality_gap", "{:.4f}"),
            ("KL(pi||ref)", "eval/kl_to_ref", "{:.3f}"), ("len", "eval/mean_length", "{:.2f}"),
            ("loss", "loss/train", "{:.4f}"), ("pairs", "train/pairs", "{:d}"), ("sample s", "time/sample", "{:.1f}"),
-           ("judge s", "time/judge", "{:.1f}"), ("logps s", "time/logprobs", "{:.1f}"), ("train s", "time/train", "{:.1f}")]
+           ("judge s", "time/judge", "{:.1f}"), ("logps s", "time/logprobs", "{:.1f}"),
+           ("train s", "time/train", "{:.1f}")]
 
 
 def metrics_table(rows: list[dict[str, Any]], title: str) -> Table:
