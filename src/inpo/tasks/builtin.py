@@ -61,14 +61,15 @@ class BuiltinTaskConfig:
     response_words: tuple[int, int] = (1, 5)  # min, max free words after the style word
     n_train_prompts: int = 96
     n_eval_prompts: int = 48
+    n_sft_prompts: int = 1024
     nash_ratio: float = 2.0
     max_margin: float = 0.4
     sft_top_prob: float = 0.7
     sft_none_prob: float = 0.0
-    sft_responses_per_prompt: int = 10
+    sft_responses_per_prompt: int = 4
     sft_steps: int = 300
     sft_batch_size: int = 64
-    sft_lr: float = 3e-3
+    sft_lr: float = 1e-2
     hidden_size: int = 64
     num_layers: int = 2
     num_heads: int = 4
@@ -92,7 +93,7 @@ class BuiltinTaskConfig:
                 bad(name, f"must be (min, max) with 0 <= min <= max (got {(lo, hi)})")
         if self.prompt_words[1] + 3 + 1 + self.response_words[1] + 1 > self.max_position_embeddings:
             bad("max_position_embeddings", "is too small for the longest prompt + response")
-        for name in ("n_train_prompts", "n_eval_prompts", "sft_responses_per_prompt", "sft_batch_size",
+        for name in ("n_train_prompts", "n_eval_prompts", "n_sft_prompts", "sft_responses_per_prompt", "sft_batch_size",
                      "hidden_size", "num_layers", "num_heads", "intermediate_size"):
             if getattr(self, name) < 1:
                 bad(name, f"must be >= 1 (got {getattr(self, name)})")
@@ -205,6 +206,8 @@ class BuiltinTask:
         taken: set[str] = set()
         self.train_prompts: list[str] = _sample_prompts(rng, cfg, cfg.n_train_prompts, taken)
         self.eval_prompts: list[str] = _sample_prompts(rng, cfg, cfg.n_eval_prompts, taken)
+        #: prompts of the SFT data, disjoint from the train and eval prompts
+        self.sft_prompts: list[str] = _sample_prompts(rng, cfg, cfg.n_sft_prompts, taken)
 
     # ----------------------------------------------------------------- parsing
     @property
@@ -249,21 +252,27 @@ class BuiltinTask:
 
     # ----------------------------------------------------------------- data
     def sft_pairs(self) -> list[tuple[str, str]]:
-        """(prompt, response) pairs: ``sft_responses_per_prompt`` per train prompt, seeded.
+        """(prompt, response) pairs: ``sft_responses_per_prompt`` per SFT prompt, seeded.
 
-        Per prompt the action counts are the largest-remainder rounding of ``pi_sft * R`` (R = responses
-        per prompt; exact for M=3, top 0.7, R=10), so even a model that memorizes prompts sees pi_sft.
+        The SFT prompts (``self.sft_prompts``) are disjoint from the train/eval prompts and many, so
+        the tiny model learns the topic -> pi_sft map instead of memorizing prompts. Per topic, the
+        action counts over all its (prompt, response) slots are the largest-remainder rounding of
+        ``pi_sft * n_slots``, shuffled over the slots: the data frequencies equal pi_sft up to 1/n_slots.
         """
         cfg = self.cfg
         rng = np.random.default_rng([cfg.seed, 1])
-        m = len(self.styles)
+        m, r = len(self.styles), cfg.sft_responses_per_prompt
+        topics = np.array([self.topic_of(p) for p in self.sft_prompts], dtype=np.int64)
+        actions = np.zeros((len(self.sft_prompts), r), dtype=np.int64)
+        for t in range(cfg.num_topics):
+            rows = np.flatnonzero(topics == t)
+            counts = _largest_remainder(self.sft_distributions[t].numpy(), rows.size * r)
+            slots = np.repeat(np.arange(m + 1), counts)
+            rng.shuffle(slots)
+            actions[rows] = slots.reshape(rows.size, r)
         pairs: list[tuple[str, str]] = []
-        for prompt in self.train_prompts:
-            counts = _largest_remainder(self.sft_distributions[self.topic_of(prompt)].numpy(),
-                                        cfg.sft_responses_per_prompt)
-            actions = np.repeat(np.arange(m + 1), counts)
-            rng.shuffle(actions)
-            for a in actions:
+        for prompt, row in zip(self.sft_prompts, actions, strict=True):
+            for a in row:
                 k = int(rng.integers(cfg.response_words[0], cfg.response_words[1] + 1))
                 words = [self.fillers[j] for j in rng.integers(0, cfg.num_fillers, size=k)]
                 if a < m:
