@@ -87,12 +87,13 @@ def parse_row(row: Any, where: str) -> PreferencePair | None:
     case = row.get("case")
     if case is not None and not isinstance(case, str):
         case = str(case)
-    if "chosen" in row or "rejected" in row:
+    # a column present but empty (CSV/parquet files mixing both row shapes) counts as absent
+    if not (_missing(row.get("chosen")) and _missing(row.get("rejected"))):
         chosen = _text_field(row, where, "chosen")
         rejected = _text_field(row, where, "rejected")
         strength = 1 if _missing(row.get("strength")) else _int_field(row["strength"], where, "strength", 1, 3)
         return PreferencePair(prompt, chosen, rejected, strength, case or None)
-    if "response_1" in row or "response_2" in row or "preference_strength" in row:
+    if not all(_missing(row.get(k)) for k in ("response_1", "response_2", "preference_strength")):
         r1 = _text_field(row, where, "response_1")
         r2 = _text_field(row, where, "response_2")
         if _missing(row.get("preference_strength")):

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,20 @@ def evaluate_pairs(judge: Judge, pairs: Sequence[PreferencePair]) -> dict[str, f
 # --------------------------------------------------------------------------------------------- building
 
 
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No "Loading weights" progress bar (it would break ``--json`` output); restores the setting."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _load_backbone_and_tokenizer(base: str | Path, texts: Sequence[str], cfg: JudgeTrainConfig):
     if str(base) == BUILTIN_TINY:
         from inpo.judges.tiny import build_tiny_backbone, build_word_tokenizer
@@ -131,7 +146,8 @@ def _load_backbone_and_tokenizer(base: str | Path, texts: Sequence[str], cfg: Ju
         raise InpoError(f"--base {base}: not a local model directory (or use '{BUILTIN_TINY}')")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-        backbone = AutoModel.from_pretrained(path, trust_remote_code=False, dtype=torch.float32)
+        with _quiet_loading():
+            backbone = AutoModel.from_pretrained(path, trust_remote_code=False, dtype=torch.float32)
     except (OSError, ValueError) as e:
         raise InpoError(f"--base {base}: cannot load model/tokenizer ({str(e).splitlines()[0]})") from None
     return backbone, tokenizer
@@ -306,7 +322,9 @@ def load_judge(path: str | Path, *, device: str = "cpu", batch_size: int = 32) -
         if not present:
             raise InpoError(f"{path}: missing {name} (judges are loaded from safetensors only)")
     try:
-        backbone = AutoModel.from_pretrained(path, trust_remote_code=False, use_safetensors=True, dtype=torch.float32)
+        with _quiet_loading():
+            backbone = AutoModel.from_pretrained(path, trust_remote_code=False, use_safetensors=True,
+                                                 dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise InpoError(f"{path}: cannot load judge backbone/tokenizer ({str(e).splitlines()[0]})") from None
