@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from inpo.errors import InpoError
 from inpo.judges.base import Judge, matrix_from_prob
-from inpo.tasks import BuiltinTask, BuiltinTaskConfig, build_reference, reference_dir
+from inpo.tasks import BuiltinTask, BuiltinTaskConfig, build_reference, load_reference, reference_dir
 from inpo.tasks import reference as reference_module
 
 
@@ -212,13 +212,17 @@ def test_style_distribution_exact(task, tok):
 
 
 # ------------------------------------------------------------------------------------------- SFT + cache
-def test_build_reference_matches_sft_and_caches(task, tmp_path, monkeypatch):
-    out = build_reference(task, tmp_path, progress=False)
-    assert out == reference_dir(task, tmp_path) and (out / "model.safetensors").is_file()
-    meta = json.loads((out / "task.json").read_text())
+@pytest.fixture(scope="module")
+def ref_dir(task, tmp_path_factory):
+    return build_reference(task, tmp_path_factory.mktemp("cache"), progress=False)
+
+
+def test_build_reference_matches_sft_and_caches(task, ref_dir, monkeypatch):
+    assert ref_dir == reference_dir(task, ref_dir.parent) and (ref_dir / "model.safetensors").is_file()
+    meta = json.loads((ref_dir / "task.json").read_text())
     assert meta["config_hash"] == task.cfg.config_hash()
-    model = AutoModelForCausalLM.from_pretrained(out)
-    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(ref_dir)
+    tok = AutoTokenizer.from_pretrained(ref_dir)
     pi = task.style_distribution(model, tok, task.eval_prompts)
     target = task.sft_distribution(task.eval_prompts)
     # measured for the default config, seeds 0-5: max |err| <= 0.04, mean TV <= 0.02
@@ -227,4 +231,22 @@ def test_build_reference_matches_sft_and_caches(task, tmp_path, monkeypatch):
     assert meta["sft"]["max_abs_err"] == pytest.approx(float((pi - target).abs().max()), abs=1e-6)
     # second call reuses the cache: training must not run
     monkeypatch.setattr(reference_module, "train_sft", lambda *a, **k: pytest.fail("retrained"))
-    assert build_reference(task, tmp_path, progress=False) == out
+    assert build_reference(task, ref_dir.parent, progress=False) == ref_dir
+    with pytest.raises(InpoError, match="config.json"):
+        load_reference(ref_dir.parent / "missing")
+
+
+def test_sampled_styles_match_style_distribution(task, ref_dir):
+    """Batched left-padded sampling (the loop's path) draws first words with the exact probabilities."""
+    model, tok = load_reference(ref_dir)
+    prompts = task.eval_prompts[:4]
+    n = 250
+    pi = task.style_distribution(model, tok, prompts)
+    enc = tok([p for p in prompts for _ in range(n)], return_tensors="pt", padding=True)
+    torch.manual_seed(0)
+    out = model.generate(**enc, do_sample=True, max_new_tokens=task.max_new_tokens, top_k=0, top_p=1.0)
+    responses = tok.batch_decode(out[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
+    actions = torch.tensor([task.style_of(r) for r in responses]).view(len(prompts), n)
+    freq = torch.nn.functional.one_hot(actions, task.num_actions).double().mean(1)
+    sd = (pi * (1 - pi) / n).sqrt()
+    assert ((freq - pi).abs() <= 4 * sd + 1e-3).all()

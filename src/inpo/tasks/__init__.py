@@ -5,13 +5,14 @@ Tokenization convention for the loop: ``prompt_ids = tok(prompt).input_ids`` (pr
 """
 
 from inpo.tasks.builtin import BuiltinTask, BuiltinTaskConfig, TaskJudge
-from inpo.tasks.reference import build_reference, reference_dir, style_fit, train_sft
+from inpo.tasks.reference import build_reference, load_reference, reference_dir, style_fit, train_sft
 
 __all__ = [
     "BuiltinTask",
     "BuiltinTaskConfig",
     "TaskJudge",
     "build_reference",
+    "load_reference",
     "reference_dir",
     "style_fit",
     "train_sft",

@@ -15,13 +15,15 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
 
 from inpo.errors import InpoError
 from inpo.tasks.builtin import TASK_VERSION, BuiltinTask
@@ -176,7 +178,12 @@ def build_reference(task: BuiltinTask, cache_dir: str | Path, *, force: bool = F
     if progress:
         print(f"sft: done in {stats['wall_time_s']} s, max |pi - pi_sft| = {stats['max_abs_err']:.4f}",
               file=sys.stderr, flush=True)
+    if stats["mean_tv"] > 0.05:
+        warnings.warn(f"sft: the reference's style distribution is far from pi_sft (mean TV "
+                      f"{stats['mean_tv']:.3f}); raise task.sft_steps", stacklevel=2)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-tmp-"))
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -184,8 +191,24 @@ def build_reference(task: BuiltinTask, cache_dir: str | Path, *, force: bool = F
         (tmp / "task.json").write_text(json.dumps(meta, indent=2))
         if out.exists():
             shutil.rmtree(out)
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)
+        except OSError:  # another process finished the same build first: keep its result
+            if not (out / "task.json").is_file():
+                raise
     finally:
+        if bars:
+            hf_logging.enable_progress_bar()
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def load_reference(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """``(AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path))``, model in eval mode."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise InpoError(f"{path}: not a saved model directory (no config.json)")
+    model = AutoModelForCausalLM.from_pretrained(path)
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(path)
