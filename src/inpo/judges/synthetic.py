@@ -165,6 +165,22 @@ def condorcet_rows(n_prompts: int = 40, seed: int = 0) -> list[dict[str, Any]]:
     return annotator_rows(CONDORCET_RANKINGS, [1, 1, 1], n_prompts=n_prompts, seed=seed, case="condorcet")
 
 
+def strength_conflict_rows(n_prompts: int = 30, seed: int = 0) -> list[dict[str, Any]]:
+    """Per prompt, s0 vs s1 labelled both ways: s0 better with strength 3, s1 better with strength 1.
+
+    The BT likelihood ``-log sigmoid(d) - log sigmoid(-d)`` is minimised at ``P(s0 > s1) = 1/2``; the
+    Scaled-BT one ``-3 log sigmoid(d) - log sigmoid(-d)`` at ``P(s0 > s1) = 3/4``.
+    """
+    rng = random.Random(seed)
+    rows = []
+    for prompt in _prompts(n_prompts, rng):
+        a, b = _response("s0", rng, rng.randint(1, 2)), _response("s1", rng, rng.randint(1, 2))
+        rows.append({"prompt": prompt, "chosen": a, "rejected": b, "strength": 3, "case": "strength"})
+        rows.append({"prompt": prompt, "chosen": b, "rejected": a, "strength": 1, "case": "strength"})
+    rng.shuffle(rows)
+    return rows
+
+
 def position_trap(n_prompts: int = 200, seed: int = 0) -> list[dict[str, Any]]:
     """HelpSteer2-style rows whose label is the position only: response_1 always better (strength -2).
 
