@@ -136,6 +136,13 @@ def test_config_validation():
         BuiltinTaskConfig(num_styles=4)
     with pytest.raises(InpoError, match="max_margin"):
         BuiltinTaskConfig(max_margin=0.7)
+    with pytest.raises(InpoError, match="sft_steps"):
+        BuiltinTaskConfig(sft_steps=2.5)
+    with pytest.raises(InpoError, match="prompt_words"):
+        BuiltinTaskConfig(prompt_words=[1, 2, 3])
+    from_yaml = BuiltinTaskConfig(prompt_words=[2, 4], max_margin=0.4, sft_lr=1)  # YAML-style values
+    assert from_yaml.prompt_words == (2, 4) and isinstance(from_yaml.sft_lr, float)
+    assert from_yaml.config_hash() == BuiltinTaskConfig(sft_lr=1.0).config_hash()
     assert BuiltinTaskConfig().config_hash() != BuiltinTaskConfig(seed=1).config_hash()
     assert BuiltinTaskConfig().config_hash() == BuiltinTaskConfig().config_hash()
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
@@ -80,6 +80,20 @@ class BuiltinTaskConfig:
         def bad(field: str, why: str) -> None:
             raise InpoError(f"task config: field '{field}' {why}")
 
+        # YAML gives lists for the (min, max) pairs and may give ints for floats: coerce, else reject
+        for f in fields(self):
+            value, default = getattr(self, f.name), f.default
+            if isinstance(default, tuple):
+                if not (isinstance(value, list | tuple) and len(value) == 2
+                        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+                    bad(f.name, f"must be a pair of integers [min, max] (got {value!r})")
+                object.__setattr__(self, f.name, tuple(value))
+            elif isinstance(default, float):
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    bad(f.name, f"must be a number (got {value!r})")
+                object.__setattr__(self, f.name, float(value))
+            elif isinstance(value, bool) or not isinstance(value, int):
+                bad(f.name, f"must be an integer (got {value!r})")
         if self.num_styles < 3 or self.num_styles % 2 == 0:
             bad("num_styles", f"must be odd and >= 3 (got {self.num_styles}): an even-size skew game "
                 "has no unique interior equilibrium")
