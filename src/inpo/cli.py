@@ -117,6 +117,17 @@ def eval_(
     console.print(table)
 
 
+def _register_subcommands() -> None:
+    from inpo.games.cli import game
+    from inpo.judges.cli import app as judge_app
+
+    app.command("game")(game)
+    app.add_typer(judge_app, name="judge", help="Train and evaluate preference models (BT, Scaled-BT, pair, GPM).")
+
+
+_register_subcommands()
+
+
 def main() -> None:
     debug = "--debug" in sys.argv
     if debug:
