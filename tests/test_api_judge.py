@@ -97,7 +97,7 @@ def test_probabilities_both_orders_position_bias_and_key_header(server, monkeypa
     p_rev = judge.prob(["x1", "x2", "x3", "x4"], b, a)
     assert torch.allclose(p + p_rev, torch.ones(4, dtype=torch.float64))
     assert len(stub.requests) == 16 and judge.requests == 16 and judge.parse_failures == 0
-    shown = [(r["body"]["messages"][-1]["content"].split("[Response A]\n")[1].split("\n")[0]) for r in stub.requests[:8]]
+    shown = [r["body"]["messages"][-1]["content"].split("[Response A]\n")[1].split("\n")[0] for r in stub.requests[:8]]
     assert sorted(shown) == sorted(a + b)  # every pair was shown in both orders
     assert all(r["path"] == "/v1/chat/completions" for r in stub.requests)
     assert all(r["auth"] == f"Bearer {KEY}" for r in stub.requests)
