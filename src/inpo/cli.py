@@ -45,7 +45,6 @@ def train(
     import time
 
     from inpo.config import load_config, parse_overrides
-    from inpo.loop import run
 
     overrides = parse_overrides(set_)
     if resume is not None:
@@ -65,6 +64,8 @@ def train(
     ):
         stamp = time.strftime("%Y%m%d-%H%M%S")
         cfg = cfg.model_copy(update={"output_dir": f"runs/{cfg.algo.name}-{stamp}"})
+    from inpo.loop import run  # imported after the config is valid: config errors come instantly
+
     run(cfg, resume=resume is not None, overwrite=overwrite, quiet=quiet)
 
 
@@ -138,6 +139,12 @@ def main() -> None:
         if debug:
             raise
         err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except OSError as e:  # disk full, permission denied, ...: one line naming the file, not a traceback
+        if debug:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        err_console.print(f"[bold red]error:[/] {where}{e.strerror or e}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 
