@@ -160,16 +160,27 @@ def build_setup(cfg: RunConfig, console: Console, *, progress: bool) -> Setup:
 # --------------------------------------------------------------------------------------------------
 
 
+@contextmanager
+def writing(path: Path, what: str) -> Iterator[None]:
+    """Turn an OSError while writing ``path`` (disk full, permission denied) into a one-line InpoError."""
+    try:
+        yield
+    except OSError as e:
+        raise InpoError(f"{path}: cannot write {what} ({e.strerror or e}); the previous files are kept") from None
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with writing(path, "file"):
+        tmp.write_text(text)
+        os.replace(tmp, path)
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with writing(path, "stage artifact"):
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
 
 
 def config_hash(cfg: RunConfig) -> str:
@@ -192,7 +203,10 @@ class RunDir:
 
     def read_state(self) -> dict[str, Any]:
         p = self.path / "state.json"
-        return json.loads(p.read_text()) if p.exists() else {}
+        try:
+            return json.loads(p.read_text()) if p.exists() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InpoError(f"{p}: corrupt state file ({e}); use --overwrite to start the run again") from None
 
     def write_state(self, state: dict[str, Any]) -> None:
         atomic_write_text(self.path / "state.json", json.dumps(state, indent=1))
@@ -206,26 +220,46 @@ class RunDir:
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
         atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
-    def prepare(self, cfg: RunConfig, *, resume: bool, overwrite: bool) -> int:
-        """Create or reopen the run directory; return the number of completed iterations."""
+    def check(self, cfg: RunConfig, *, resume: bool, overwrite: bool) -> int | None:
+        """Refuse a bad start before any work or write: the completed iterations to resume from, or None for a
+        fresh run. A directory that is not an inpo run is never deleted, not even with ``overwrite``."""
         h = config_hash(cfg)
-        if self.path.exists() and any(self.path.iterdir()):
+        if self.path.exists() and not self.path.is_dir():
+            raise InpoError(f"{self.path}: output_dir exists and is not a directory")
+        if self.path.is_dir() and any(self.path.iterdir()):
             state = self.read_state()
+            cfg_file = self.path / "config.yaml"
+            if "config_hash" not in state and not cfg_file.is_file():
+                raise InpoError(f"{self.path}: output_dir is not empty and holds no inpo run; refusing to use or "
+                                "delete it (choose another --output-dir)")
             if overwrite:
-                shutil.rmtree(self.path)
-            elif not resume:
+                return None
+            if not resume:
                 raise InpoError(f"{self.path}: run directory already holds a run (use --resume to continue it "
                                 "or --overwrite to replace it)")
-            elif state.get("config_hash") != h:
+            if "config_hash" not in state and cfg_file.read_text() == dump_config(cfg):
+                return 0  # killed between writing config.yaml and state.json
+            if state.get("config_hash") != h:
                 raise InpoError(f"{self.path}: holds a run with a different config (config.yaml differs); "
                                 "use --overwrite to replace it")
-            else:
-                return int(state.get("completed_iterations", 0))
-        elif resume:
+            return int(state.get("completed_iterations", 0))
+        if resume:
             raise InpoError(f"{self.path}: nothing to resume (no run there)")
-        self.path.mkdir(parents=True, exist_ok=True)
+        return None
+
+    def prepare(self, cfg: RunConfig, *, resume: bool, overwrite: bool) -> int:
+        """Create or reopen the run directory; return the number of completed iterations."""
+        done = self.check(cfg, resume=resume, overwrite=overwrite)
+        if done is not None and "config_hash" in self.read_state():
+            return done
+        try:
+            if done is None and self.path.exists():
+                shutil.rmtree(self.path)
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InpoError(f"{self.path}: cannot create the run directory ({e.strerror or e})") from None
         atomic_write_text(self.path / "config.yaml", dump_config(cfg))
-        self.write_state({"config_hash": h, "completed_iterations": 0, "versions": _versions()})
+        self.write_state({"config_hash": config_hash(cfg), "completed_iterations": 0, "versions": _versions()})
         return 0
 
 
@@ -493,8 +527,9 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet:
     algo = ALGORITHMS[cfg.algo.name]
     pairing = algo.pairing if cfg.algo.pairing == "default" else cfg.algo.pairing
     rundir = RunDir(cfg.output_dir)
-    done = rundir.prepare(cfg, resume=resume, overwrite=overwrite)
+    rundir.check(cfg, resume=resume, overwrite=overwrite)  # refuse early; write nothing until the inputs load
     setup = build_setup(cfg, console, progress=not quiet)
+    done = rundir.prepare(cfg, resume=resume, overwrite=overwrite)
     policy = setup.policy
     if done > 0:  # resume from the last complete checkpoint
         policy = load_causal_lm(rundir.iter_dir(done), trust_remote_code=cfg.model.trust_remote_code)
@@ -583,13 +618,18 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet:
 
 def save_checkpoint(model: torch.nn.Module, tokenizer: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise InpoError(f"{path}: cannot write checkpoint ({e.strerror or e}); earlier checkpoints and "
+                        "metrics.jsonl are kept, resume with --resume") from None
 
 
 def history_models(
