@@ -307,8 +307,8 @@ def judge_matrices(judge: Judge, prompts: list[Prompt], texts: list[str], k: int
     for i, p in enumerate(prompts):
         try:
             m = judge.matrix(p.text, texts[i * k : (i + 1) * k])
-        except InpoError:
-            raise
+        except InpoError as e:
+            raise InpoError(f"judge failed on prompt {i}: {e}") from None
         except Exception as e:  # noqa: BLE001 - a judge's failure is reported with the prompt row
             raise InpoError(f"judge failed on prompt {i}: {type(e).__name__}: {e}") from None
         m = torch.as_tensor(m, dtype=torch.float64)
@@ -317,6 +317,33 @@ def judge_matrices(judge: Judge, prompts: list[Prompt], texts: list[str], k: int
                             f"{tuple(m.shape)} != ({k}, {k}))")
         out.append(m)
     return torch.stack(out)
+
+
+class CheckedJudge:
+    """A judge whose ``prob`` failures (an exception, NaN, a value outside [0, 1], a wrong shape) become one-line
+    InpoErrors naming ``where`` and the prompt index."""
+
+    def __init__(self, judge: Judge, where: str) -> None:
+        self.judge, self.where = judge, where
+
+    def prob(self, prompts: list[str], responses_a: list[str], responses_b: list[str]) -> torch.Tensor:
+        try:
+            p = torch.as_tensor(self.judge.prob(prompts, responses_a, responses_b), dtype=torch.float64)
+        except Exception as e:  # noqa: BLE001 - a judge's failure is reported with where it happened
+            raise InpoError(f"judge failed during {self.where}: {type(e).__name__}: {e}") from None
+        if p.shape != (len(prompts),):
+            raise InpoError(f"judge returned shape {tuple(p.shape)} during {self.where}; expected ({len(prompts)},)")
+        bad = ~torch.isfinite(p) | (p < 0) | (p > 1)
+        if bad.any():
+            i = int(bad.nonzero()[0])
+            raise InpoError(f"judge returned {p[i].item()} for prompt {i} during {self.where}; expected a "
+                            "probability in [0, 1]")
+        return p
+
+    def matrix(self, prompt: str, responses: list[str]) -> torch.Tensor:
+        from inpo.judges.base import matrix_from_prob
+
+        return matrix_from_prob(self, prompt, responses)
 
 
 def cache_logprobs(
@@ -447,7 +474,8 @@ def evaluate_policy(setup: Setup, policy: torch.nn.Module, cfg: RunConfig, run: 
     ref_resp = staged(run.stage(0, "eval_ref_samples"), lambda: [r[0] for r in sample_responses(
         setup.ref, prompts, one, eos_id=setup.eos_id, pad_id=setup.pad_id, seed=seed_for(cfg, 0, 0, "eval_ref"))])
     dec = setup.tokenizer.batch_decode
-    scores = symmetric_win_scores(setup.judge, texts, dec(flat, skip_special_tokens=True),
+    scores = symmetric_win_scores(CheckedJudge(setup.judge, f"evaluation of iteration {t}"), texts,
+                                  dec(flat, skip_special_tokens=True),
                                   dec(ref_resp, skip_special_tokens=True))
     wr = win_rate(scores)
     out.update({"pref/win_rate": wr.mean, "pref/win_rate_ci_low": wr.ci_low, "pref/win_rate_ci_high": wr.ci_high})
