@@ -70,10 +70,12 @@ class DynamicsConfig:
     rate ``lr`` per iteration. SGD is the default: the INPO/IPO/EGPO/MNPO losses are quadratic in
     the logits (log pi(y) - log pi(y') is a logit difference), so gradient descent converges
     linearly to the sampled least-squares solution, while Adam with a constant lr keeps moving
-    every logit by ~lr per step and adds noise of that size.
+    every logit by ~lr per step and adds noise of that size. DPO's logistic loss has gradients
+    proportional to beta, so SGD at that lr barely moves it: DPO is trained with Adam at ``dpo_lr``
+    (as in practice).
     """
 
-    eta: float = 1.0
+    eta: float = 0.5
     tau: float = 0.05
     beta: float | None = None
     mnpo_weights: tuple[float, ...] = (0.5, 0.3, 0.2)
@@ -83,6 +85,7 @@ class DynamicsConfig:
     steps: int = 30
     lr: float = 0.5
     optimizer: str = "sgd"
+    dpo_lr: float = 0.05
 
     @property
     def dpo_beta(self) -> float:
@@ -296,17 +299,21 @@ class _Sampler:
         return torch.where(win, a, b), torch.where(win, b, a)
 
 
-def _train(init: torch.Tensor, loss_fn: Callable[[torch.Tensor], torch.Tensor], cfg: DynamicsConfig) -> torch.Tensor:
+def _train(
+    init: torch.Tensor, loss_fn: Callable[[torch.Tensor], torch.Tensor], cfg: DynamicsConfig,
+    optimizer: str | None = None, lr: float | None = None,
+) -> torch.Tensor:
     """``cfg.steps`` optimizer steps from ``init`` on the per-example losses ``loss_fn(log_softmax(logits))``
     ([X, n]), averaged over each context's examples and summed over contexts (contexts are independent
     problems, so the step size does not depend on X). Returns the new logits."""
     logits = init.detach().clone().requires_grad_(True)
-    if cfg.optimizer == "adam":
-        opt: torch.optim.Optimizer = torch.optim.Adam([logits], lr=cfg.lr)
-    elif cfg.optimizer == "sgd":
-        opt = torch.optim.SGD([logits], lr=cfg.lr)
+    optimizer, lr = optimizer or cfg.optimizer, cfg.lr if lr is None else lr
+    if optimizer == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam([logits], lr=lr)
+    elif optimizer == "sgd":
+        opt = torch.optim.SGD([logits], lr=lr)
     else:
-        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {cfg.optimizer!r}")
+        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
     for _ in range(cfg.steps):
         opt.zero_grad(set_to_none=True)
         per = loss_fn(torch.log_softmax(logits, -1))
@@ -381,7 +388,7 @@ def _sampled_step(
 
     def fn(lp: torch.Tensor) -> torch.Tensor:
         return losses.dpo_loss(_gather(lp, c), _gather(lp, r), rc, rr, beta=cfg.dpo_beta) * keep
-    return _train(theta, fn, cfg)
+    return _train(theta, fn, cfg, "adam", cfg.dpo_lr)
 
 
 def run_sampled(

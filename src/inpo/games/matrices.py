@@ -114,19 +114,33 @@ def mixture(
     """Mixture of annotator groups: ``P = sum_g w_g sigmoid(r_{g,i} - r_{g,j})``.
 
     Each group is a transitive BT model whose scores follow a rotated ranking (group g ranks action
-    ``(i + g*A//groups) mod A`` highest-first) plus N(0, noise^2) jitter, with group weights from a
-    Dirichlet(5) draw: the Condorcet voting paradox, so the mixture is intransitive although every
-    group is transitive.
+    ``(i + g*A//groups) mod A`` highest-first, scores ``scale * linspace(1, 0, A)``) plus N(0, noise^2)
+    jitter, with group weights from a Dirichlet(5) draw: the Condorcet voting paradox, so the mixture
+    is intransitive although every group is transitive. A context whose mixture still has a Condorcet
+    winner (an action beating all others) is redrawn, so every returned context is intransitive.
     """
+    if actions < 3:
+        raise ValueError("an intransitive mixture needs at least 3 actions")
     rng = np.random.default_rng(seed)
-    P = np.zeros((contexts, actions, actions))
-    w = rng.dirichlet(5.0 * np.ones(groups), size=contexts)  # [X, G]
     base = np.linspace(1.0, 0.0, actions)
-    for g in range(groups):
-        r = np.roll(base, g * actions // groups)
-        r = scale * r[None, :] + noise * rng.standard_normal((contexts, actions))
-        P += w[:, g, None, None] * _sigmoid(r[..., :, None] - r[..., None, :])
-    return _out(_symmetrize(P), backend)
+
+    def draw(n: int) -> np.ndarray:
+        P = np.zeros((n, actions, actions))
+        w = rng.dirichlet(5.0 * np.ones(groups), size=n)  # [n, G]
+        for g in range(groups):
+            r = scale * np.roll(base, g * actions // groups)[None, :] + noise * rng.standard_normal((n, actions))
+            P += w[:, g, None, None] * _sigmoid(r[..., :, None] - r[..., None, :])
+        return _symmetrize(P)
+
+    P = draw(contexts)
+    for _ in range(1000):
+        redo = np.nonzero(((P > 0.5).sum(-1) == actions - 1).any(-1))[0]
+        if len(redo) == 0:
+            break
+        P[redo] = draw(len(redo))
+    else:
+        raise RuntimeError("could not draw an intransitive mixture; increase groups or scale")
+    return _out(P, backend)
 
 
 def condorcet(
