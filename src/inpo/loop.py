@@ -330,7 +330,8 @@ class CheckedJudge:
         try:
             p = torch.as_tensor(self.judge.prob(prompts, responses_a, responses_b), dtype=torch.float64)
         except Exception as e:  # noqa: BLE001 - a judge's failure is reported with where it happened
-            raise InpoError(f"judge failed during {self.where}: {type(e).__name__}: {e}") from None
+            kind = "" if isinstance(e, InpoError) else f"{type(e).__name__}: "
+            raise InpoError(f"judge failed during {self.where}: {kind}{e}") from None
         if p.shape != (len(prompts),):
             raise InpoError(f"judge returned shape {tuple(p.shape)} during {self.where}; expected ({len(prompts)},)")
         bad = ~torch.isfinite(p) | (p < 0) | (p > 1)
