@@ -30,7 +30,9 @@ def train(
     data: Path = typer.Argument(..., help="Pairs: .jsonl/.json/.csv/.parquet (prompt, chosen, rejected[, strength])."),
     kind: str = typer.Option("gpm", "--kind", help="bt | scaled-bt | pair | gpm"),
     base: str = typer.Option("builtin-tiny", "--base", help="Local transformers model dir, or builtin-tiny."),
-    out: Path = typer.Option(..., "--out", help="Output directory (save_pretrained format + judge_config.json)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Output directory (save_pretrained + judge_config.json); default runs/judge-<kind>-<time>."
+    ),
     epochs: int = typer.Option(3, "--epochs"),
     lr: float = typer.Option(1e-3, "--lr"),
     batch_size: int = typer.Option(16, "--batch-size"),
@@ -43,8 +45,12 @@ def train(
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
 ) -> None:
     """Fit a judge; print held-out accuracy, ECE (10 bins) and pair counts."""
+    import time
+
     from inpo.judges.train import JudgeTrainConfig, train_judge
 
+    if out is None:
+        out = Path("runs") / f"judge-{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
     cfg = JudgeTrainConfig(
         epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, dim=dim, temperature=temperature,
         prompt_head=prompt_head, held_out=held_out, max_length=max_length,
@@ -130,3 +136,18 @@ def synth(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     console.print(f"wrote {len(rows)} rows to {out}")
+
+
+def main() -> None:
+    """``python -m inpo.judges.cli ...``: the same commands before/without the main CLI."""
+    import sys
+
+    try:
+        app()
+    except InpoError as e:
+        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -117,7 +117,7 @@ def evaluate_pairs(judge: Judge, pairs: Sequence[PreferencePair]) -> dict[str, f
 
 @contextmanager
 def _quiet_loading() -> Iterator[None]:
-    """No "Loading weights" progress bar (it would break ``--json`` output); restores the setting."""
+    """No "Loading weights" / "Writing model shards" progress bars (they break ``--json`` output)."""
     from transformers.utils import logging as hf_logging
 
     enabled = hf_logging.is_progress_bar_enabled()
@@ -277,7 +277,8 @@ def save_judge(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = judge.model
-    model.backbone.save_pretrained(out, safe_serialization=True)
+    with _quiet_loading():
+        model.backbone.save_pretrained(out, safe_serialization=True)
     heads = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith("backbone.")}
     save_file(heads, str(out / HEAD_NAME))
     judge.tokenizer.save_pretrained(out)
