@@ -94,6 +94,8 @@ def load_causal_lm(path: str | Path, *, trust_remote_code: bool = False) -> torc
 def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
+    if not Path(path).exists():
+        raise InpoError(f"model.path: {path} does not exist")
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001
@@ -184,7 +186,8 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def config_hash(cfg: RunConfig) -> str:
-    return hashlib.sha256(dump_config(cfg).encode()).hexdigest()[:16]
+    """Hash of everything that defines the run except where it lives (a moved or copied run dir resumes)."""
+    return hashlib.sha256(dump_config(cfg.model_copy(update={"output_dir": ""})).encode()).hexdigest()[:16]
 
 
 class RunDir:
