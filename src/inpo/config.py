@@ -206,7 +206,8 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark is not None else ""
-            raise InpoError(f"{p}:{where} invalid YAML") from None
+            problem = getattr(e, "problem", None)  # e.g. "could not determine a constructor for the tag ..."
+            raise InpoError(f"{p}:{where} invalid YAML" + (f" ({problem})" if problem else "")) from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
