@@ -315,9 +315,13 @@ def judge_matrices(judge: Judge, prompts: list[Prompt], texts: list[str], k: int
         except Exception as e:  # noqa: BLE001 - a judge's failure is reported with the prompt row
             raise InpoError(f"judge failed on prompt {i}: {type(e).__name__}: {e}") from None
         m = torch.as_tensor(m, dtype=torch.float64)
-        if m.shape != (k, k) or not torch.isfinite(m).all() or (m < 0).any() or (m > 1).any():
-            raise InpoError(f"judge returned an invalid matrix for prompt {i} (NaN or outside [0, 1] or shape "
-                            f"{tuple(m.shape)} != ({k}, {k}))")
+        if m.shape != (k, k):
+            raise InpoError(f"judge returned a matrix of shape {tuple(m.shape)} for prompt {i}; expected ({k}, {k})")
+        bad = ~torch.isfinite(m) | (m < 0) | (m > 1)
+        if bad.any():
+            a, b = (int(x) for x in bad.nonzero()[0])
+            raise InpoError(f"judge returned an invalid matrix for prompt {i}: entry [{a}, {b}] = {m[a, b].item()} "
+                            "is not a probability in [0, 1]")
         out.append(m)
     return torch.stack(out)
 
@@ -627,9 +631,12 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet:
                 wr = win_rates(matrices).flatten().float() if algo.needs_winrates else None
                 steps = math.ceil(len(torch.unique(pairs.prompt)) / cfg.train.batch_size) * cfg.train.epochs
                 bar = bars.add_task(f"iter {t} train", total=steps)
-                train_metrics = train_on_pairs(policy, accelerator, algo, cfg, samples, pairs, cache, wr,
-                                               pad_id=setup.pad_id, seed=seed_for(cfg, t, step, "train"),
-                                               on_step=partial(bars.advance, bar))
+                try:
+                    train_metrics = train_on_pairs(policy, accelerator, algo, cfg, samples, pairs, cache, wr,
+                                                   pad_id=setup.pad_id, seed=seed_for(cfg, t, step, "train"),
+                                                   on_step=partial(bars.advance, bar))
+                except NonFiniteError as e:
+                    raise NonFiniteError(f"iteration {t}: {e} ({rundir.iter_dir(t - 1).name})") from None
                 n_pairs += len(pairs)
                 times["time/train"] += time.perf_counter() - t0
 
