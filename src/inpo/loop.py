@@ -636,7 +636,8 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet:
                                                    pad_id=setup.pad_id, seed=seed_for(cfg, t, step, "train"),
                                                    on_step=partial(bars.advance, bar))
                 except NonFiniteError as e:
-                    raise NonFiniteError(f"iteration {t}: {e} ({rundir.iter_dir(t - 1).name})") from None
+                    kept = rundir.iter_dir(t - 1).name if t > 1 else "pi_ref"
+                    raise NonFiniteError(f"iteration {t}: {e} ({kept})") from None
                 n_pairs += len(pairs)
                 times["time/train"] += time.perf_counter() - t0
 
