@@ -110,6 +110,18 @@ def test_probabilities_both_orders_position_bias_and_key_header(server, monkeypa
     assert clone.config() == judge.config()
 
 
+def test_saved_config_has_no_key(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("INPO_TEST_KEY", KEY)
+    judge = OpenAIPairwiseJudge("http://127.0.0.1:1/v1", "m", api_key_env="INPO_TEST_KEY", system="be fair")
+    judge.save(tmp_path / "j")
+    saved = (tmp_path / "j" / "judge_config.json").read_text()
+    assert KEY not in saved and json.loads(saved)["kind"] == "openai"
+    assert OpenAIPairwiseJudge.load(tmp_path / "j").config() == judge.config()
+    (tmp_path / "other.json").write_text('{"kind": "gpm"}')
+    with pytest.raises(InpoError, match="not an API judge config"):
+        OpenAIPairwiseJudge.load(tmp_path / "other.json")
+
+
 def test_probability_replies_and_matrix(server, monkeypatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     # the judge replies a probability, P(first better) = 0.5 + (s_first - s_second) / 2

@@ -31,6 +31,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,6 +48,7 @@ DEFAULT_TEMPLATE = (
     "Answer with a single letter: A if Response A is better, B if Response B is better."
 )
 TEMPLATE_FIELDS = {"prompt", "response_a", "response_b"}
+CONFIG_NAME = "judge_config.json"
 
 # "A", "b", "[[A]]", "(B).", "Response A", "**A**": one label and nothing else
 _LABEL_RE = re.compile(r"^\W*(?:response\s+)?([AB])\W*$", re.IGNORECASE)
@@ -158,6 +160,26 @@ class OpenAIPairwiseJudge:
             "template": self.template, "system": self.system, "max_tokens": self.max_tokens,
             "temperature": self.temperature, "extra_body": self.extra_body, "concurrency": self.concurrency,
         }
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write ``judge_config.json`` (:meth:`config`, ``kind: "openai"``; no key) into ``out_dir``."""
+        d = Path(out_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / CONFIG_NAME).write_text(json.dumps(self.config(), indent=1) + "\n")
+        return d
+
+    @classmethod
+    def load(cls, path: str | Path) -> OpenAIPairwiseJudge:
+        """Read a directory written by :meth:`save` (or its ``judge_config.json``)."""
+        p = Path(path)
+        p = p / CONFIG_NAME if p.is_dir() else p
+        try:
+            cfg = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise InpoError(f"{p}: cannot read the API judge config ({type(e).__name__})") from None
+        if not isinstance(cfg, dict) or cfg.get("kind") != "openai":
+            raise InpoError(f"{p}: not an API judge config (expected \"kind\": \"openai\")")
+        return cls.from_config(cfg)
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> OpenAIPairwiseJudge:
