@@ -285,6 +285,50 @@ def staged(path: Path, make: Callable[..., Any], *args: Any, **kwargs: Any) -> A
     return obj
 
 
+def _split(obj: Any, n: int) -> list[Any]:
+    """Per-prompt chunks of a stage result (lists and tensors hold the same number of rows per prompt)."""
+    if isinstance(obj, dict):
+        per_key = {k: _split(v, n) for k, v in obj.items()}
+        return [{k: per_key[k][i] for k in obj} for i in range(n)]
+    if isinstance(obj, torch.Tensor):
+        return list(obj.reshape(n, -1, *obj.shape[1:]).unbind(0))
+    m = len(obj) // n
+    return [obj[i * m : (i + 1) * m] for i in range(n)]
+
+
+def _merge(chunks: list[Any]) -> Any:
+    if isinstance(chunks[0], dict):
+        return {k: _merge([c[k] for c in chunks]) for k in chunks[0]}
+    if isinstance(chunks[0], torch.Tensor):
+        return torch.cat(chunks, 0)
+    return [x for c in chunks for x in c]
+
+
+def sharded_stage(accelerator: Accelerator, path: Path, make: Callable[..., Any], n: int, *args: Any,
+                  **kwargs: Any) -> Any:
+    """A stage split by prompt across processes: process r computes ``make(prompt_indices[r::world], ...)``,
+    the parts are gathered back into prompt order on every process and the main process writes the
+    artifact (atomically). With one process this is ``staged(path, make, range(n), ...)``."""
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if world == 1:
+        obj = make(list(range(n)), *args, **kwargs)
+    else:
+        from accelerate.utils import gather_object
+
+        mine = list(range(rank, n, world))
+        local = make(mine, *args, **kwargs)
+        chunks: list[Any] = [None] * n
+        for r, part in gather_object([(rank, _split(local, len(mine)) if mine else [])]):
+            chunks[r::world] = part
+        obj = _merge(chunks)
+    if accelerator.is_main_process:
+        atomic_torch_save(obj, path)
+    accelerator.wait_for_everyone()
+    return obj
+
+
 def seed_for(cfg: RunConfig, t: int, step: int, phase: str) -> int:
     digest = hashlib.sha256(f"{cfg.seed}/{t}/{step}/{phase}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
@@ -409,8 +453,13 @@ def train_on_pairs(
         for s in range(steps_per_epoch):
             step_prompts = order[s * tc.batch_size : (s + 1) * tc.batch_size]
             step_weight = pairs.weight[torch.isin(pairs.prompt, step_prompts)].sum()
-            for micro in torch.tensor_split(step_prompts, min(tc.grad_accum, len(step_prompts))):
+            world, rank = accelerator.num_processes, accelerator.process_index
+            n_micro = min(tc.grad_accum, len(step_prompts)) if world == 1 else tc.grad_accum * world
+            for micro in torch.tensor_split(step_prompts, n_micro)[rank::world]:
                 idx = torch.nonzero(torch.isin(pairs.prompt, micro)).squeeze(-1)
+                if len(idx) == 0:  # every process must join each backward (DDP): a zero contribution
+                    accelerator.backward(sum(p.sum() for p in policy.parameters()) * 0.0)
+                    continue
                 c, r = pairs.chosen[idx], pairs.rejected[idx]
                 uniq, inv = torch.unique(torch.cat([c, r]), return_inverse=True)
                 u = uniq.tolist()
@@ -431,7 +480,7 @@ def train_on_pairs(
                 )
                 per_example = algo.loss(inputs, cfg.algo)
                 w = pairs.weight[idx]
-                loss = (per_example * w).sum() / step_weight
+                loss = (per_example * w).sum() / step_weight * world  # DDP averages gradients over processes
                 if not torch.isfinite(loss):
                     raise NonFiniteError(f"non-finite loss in epoch {epoch + 1}, step {s + 1}: iteration stopped, "
                                          "last good checkpoint kept")
@@ -455,6 +504,12 @@ def train_on_pairs(
             if on_step is not None:
                 on_step()
     policy.eval()
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        parts = gather_object([(sums, weight_seen)])
+        sums = {k: sum(p[0].get(k, 0.0) for p in parts) for k in parts[0][0]}
+        weight_seen = sum(p[1] for p in parts)
     return {k: v / max(weight_seen, 1e-12) for k, v in sums.items()}
 
 
@@ -563,17 +618,25 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet:
     algo = ALGORITHMS[cfg.algo.name]
     pairing = algo.pairing if cfg.algo.pairing == "default" else cfg.algo.pairing
     rundir = RunDir(cfg.output_dir)
-    rundir.check(cfg, resume=resume, overwrite=overwrite)  # refuse early; write nothing until the inputs load
-    setup = build_setup(cfg, console, progress=not quiet)
-    done = rundir.prepare(cfg, resume=resume, overwrite=overwrite)
+    main = accelerator.is_main_process
+    if main:
+        rundir.check(cfg, resume=resume, overwrite=overwrite)  # refuse early; write nothing until the inputs load
+        setup = build_setup(cfg, console, progress=not quiet)  # builds (and caches) the SFT reference once
+        done = rundir.prepare(cfg, resume=resume, overwrite=overwrite)
+    accelerator.wait_for_everyone()
+    if not main:
+        console.quiet = quiet = True
+        done = int(rundir.read_state().get("completed_iterations", 0))
+        setup = build_setup(cfg, console, progress=False)
     policy = setup.policy
     if done > 0:  # resume from the last complete checkpoint
         policy = load_causal_lm(rundir.iter_dir(done), trust_remote_code=cfg.model.trust_remote_code)
     policy = accelerator.prepare(policy)
     rows = [r for r in rundir.read_metrics() if r["iteration"] <= done]
-    if not rows:
-        rows = [{"iteration": 0, **evaluate_policy(setup, policy, cfg, rundir, 0)}]
+    if not rows and main:
+        rows = [{"iteration": 0, **evaluate_policy(setup, accelerator.unwrap_model(policy), cfg, rundir, 0)}]
         rundir.write_metrics(rows)
+    accelerator.wait_for_everyone()
     console.print(f"[bold]inpo[/] {algo.name}: {len(setup.train_prompts)} prompts x K={cfg.sampling.num_samples}, "
                   f"{cfg.iterations} iterations, pairing={pairing} -> {rundir.path}")
     if done:
@@ -581,6 +644,7 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet:
     console.print(metrics_table(rows, "start"))
 
     prompt_ids = [p.ids for p in setup.train_prompts]
+    n_prompts = len(prompt_ids)
     for t in range(done + 1, cfg.iterations + 1):
         times = {"time/sample": 0.0, "time/judge": 0.0, "time/logprobs": 0.0, "time/train": 0.0}
         anchor = copy.deepcopy(accelerator.unwrap_model(policy)).eval() if algo.steps_per_iteration > 1 else None
@@ -592,17 +656,18 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet:
                 t0 = time.perf_counter()
                 bar = bars.add_task(f"iter {t} sample", total=len(prompt_ids))
                 mixture = (setup.ref, cfg.algo.eta * cfg.algo.tau) if algo.sample_from_mixture else None
-                responses = staged(rundir.stage(t, f"s{step}_samples"), sample_flat, accelerator.unwrap_model(policy),
-                                   prompt_ids, cfg, setup, seed=seed_for(cfg, t, step, "sample"), mixture=mixture,
-                                   progress=partial(bars.advance, bar))
+                responses = sharded_stage(accelerator, rundir.stage(t, f"s{step}_samples"), sample_stage, n_prompts,
+                                          accelerator.unwrap_model(policy), prompt_ids, cfg, setup,
+                                          seed=seed_for(cfg, t, step, "sample") + accelerator.process_index,
+                                          mixture=mixture, progress=partial(bars.advance, bar))
                 samples = Samples(prompt_ids, responses, cfg.sampling.num_samples)
                 times["time/sample"] += time.perf_counter() - t0
 
                 # 2. judge every prompt's K x K matrix
                 t0 = time.perf_counter()
                 texts = setup.tokenizer.batch_decode(responses, skip_special_tokens=True)
-                matrices = staged(rundir.stage(t, f"s{step}_judgements"), judge_matrices, setup.judge,
-                                  setup.train_prompts, texts, samples.k)
+                matrices = sharded_stage(accelerator, rundir.stage(t, f"s{step}_judgements"), judge_stage, n_prompts,
+                                         setup.judge, setup.train_prompts, texts, samples.k)
                 times["time/judge"] += time.perf_counter() - t0
 
                 # 3. cache log-probs of the anchors (no grad, length-sorted batches)
@@ -614,8 +679,8 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet:
                     models["prev"] = anchor if anchor is not None else accelerator.unwrap_model(policy)
                 if algo.needs_history:
                     models.update(history_models(rundir, setup, accelerator.unwrap_model(policy), t, cfg))
-                cache = staged(rundir.stage(t, f"s{step}_logps"), cache_logprobs, models, samples,
-                               pad_id=setup.pad_id, batch_size=cfg.train.logprob_batch_size)
+                cache = sharded_stage(accelerator, rundir.stage(t, f"s{step}_logps"), logprob_stage, n_prompts,
+                                      models, samples, pad_id=setup.pad_id, batch_size=cfg.train.logprob_batch_size)
                 if algo.needs_history:
                     cache["hist"] = torch.stack([cache[f"hist{j}"] for j in range(len(cfg.algo.mnpo_weights))], -1)
                 times["time/logprobs"] += time.perf_counter() - t0
@@ -643,15 +708,16 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet:
 
         # 5. checkpoint (atomic: written to a temp dir, then renamed), evaluate, record
         unwrapped = accelerator.unwrap_model(policy)
-        if accelerator.is_main_process:
+        if main:  # one writer: checkpoint, evaluation, metrics, state, plots
             save_checkpoint(unwrapped, setup.tokenizer, rundir.iter_dir(t))
-        row = {"iteration": t, **train_metrics, "train/pairs": n_pairs, **times,
-               **evaluate_policy(setup, unwrapped, cfg, rundir, t)}
-        rows.append(row)
-        rundir.write_metrics(rows)
-        rundir.write_state({**rundir.read_state(), "completed_iterations": t})
-        console.print(metrics_table(rows[-1:], f"iteration {t}"))
-        write_plots(rundir, rows)
+            row = {"iteration": t, **train_metrics, "train/pairs": n_pairs, **times,
+                   **evaluate_policy(setup, unwrapped, cfg, rundir, t)}
+            rows.append(row)
+            rundir.write_metrics(rows)
+            rundir.write_state({**rundir.read_state(), "completed_iterations": t})
+            console.print(metrics_table(rows[-1:], f"iteration {t}"))
+            write_plots(rundir, rows)
+        accelerator.wait_for_everyone()
     console.print(metrics_table(rows, f"{algo.name}: summary ({rundir.path / 'metrics.jsonl'})"))
     return rows
 
@@ -689,11 +755,23 @@ def history_models(
     return out
 
 
-def sample_flat(
-    model: torch.nn.Module, prompt_ids: list[list[int]], cfg: RunConfig, setup: Setup, *, seed: int,
-    mixture: tuple[torch.nn.Module, float] | None, progress: Callable[[int], None] | None,
+def sample_stage(
+    idx: list[int], model: torch.nn.Module, prompt_ids: list[list[int]], cfg: RunConfig, setup: Setup, *,
+    seed: int, mixture: tuple[torch.nn.Module, float] | None, progress: Callable[[int], None] | None,
 ) -> list[list[int]]:
-    """K responses per prompt, flattened (prompt i, sample k -> i*K + k)."""
-    nested = sample_responses(model, prompt_ids, cfg.sampling, eos_id=setup.eos_id, pad_id=setup.pad_id,
-                              seed=seed, mixture=mixture, progress=progress)
+    """K responses per prompt of ``idx``, flattened (prompt i, sample k -> i*K + k)."""
+    nested = sample_responses(model, [prompt_ids[i] for i in idx], cfg.sampling, eos_id=setup.eos_id,
+                              pad_id=setup.pad_id, seed=seed, mixture=mixture, progress=progress)
     return [r for rs in nested for r in rs]
+
+
+def judge_stage(idx: list[int], judge: Judge, prompts: list[Prompt], texts: list[str], k: int) -> torch.Tensor:
+    return judge_matrices(judge, [prompts[i] for i in idx], [texts[i * k + j] for i in idx for j in range(k)], k)
+
+
+def logprob_stage(idx: list[int], models: dict[str, torch.nn.Module], samples: Samples, *, pad_id: int,
+                  batch_size: int) -> dict[str, torch.Tensor]:
+    k = samples.k
+    responses = [samples.responses[i * k + j] for i in idx for j in range(k)]
+    sub = Samples([samples.prompt_ids[i] for i in idx], responses, k)
+    return cache_logprobs(models, sub, pad_id=pad_id, batch_size=batch_size)
