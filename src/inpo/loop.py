@@ -276,10 +276,19 @@ def _versions() -> dict[str, str]:
             "accelerate": accelerate.__version__}
 
 
+def load_stage(path: Path) -> Any:
+    """A stage artifact, read with ``weights_only=True`` (tensors and plain containers: no code runs)."""
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a foreign or damaged file: say which, do not show the unpickler's trace
+        raise InpoError(f"{path}: not a readable stage artifact ({type(e).__name__}); delete it to recompute "
+                        "the stage") from None
+
+
 def staged(path: Path, make: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Load a stage's artifact if it exists, else compute ``make(*args, **kwargs)`` and save it atomically."""
     if path.exists():
-        return torch.load(path, weights_only=True)
+        return load_stage(path)
     obj = make(*args, **kwargs)
     atomic_torch_save(obj, path)
     return obj
@@ -310,7 +319,7 @@ def sharded_stage(accelerator: Accelerator, path: Path, make: Callable[..., Any]
     the parts are gathered back into prompt order on every process and the main process writes the
     artifact (atomically). With one process this is ``staged(path, make, range(n), ...)``."""
     if path.exists():
-        return torch.load(path, weights_only=True)
+        return load_stage(path)
     world, rank = accelerator.num_processes, accelerator.process_index
     if world == 1:
         obj = make(list(range(n)), *args, **kwargs)
