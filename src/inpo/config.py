@@ -167,7 +167,11 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise InpoError(f"override '{item}': expected key.sub=value")
         key, raw = item.split("=", 1)
-        _set_dotted(out, key.strip(), yaml.safe_load(raw))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise InpoError(f"override '{item}': invalid value ({getattr(e, 'problem', None) or 'YAML'})") from None
+        _set_dotted(out, key.strip(), value)
     return out
 
 
