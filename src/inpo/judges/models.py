@@ -249,9 +249,9 @@ class GPMJudge(ModelJudge):
 
     Optimisation note: with all embeddings equal (``s = 0``, loss log 2) the cyclic likelihood has a
     local minimum (around a cycle the first-order terms cancel and the second-order ones are
-    positive). Too large a step size drives a random initialisation into it; on the synthetic
-    3-cycle with the tiny backbone lr = 3e-3 got stuck for 3 of 4 seeds, lr = 1e-3 for none
-    (docs/judges.md), so the default lr is 1e-3.
+    positive). Too large a step size drives a random initialisation into it: on the synthetic
+    3-cycle with the tiny backbone, lr = 3e-3 got stuck in 4 of 4 seeds, lr = 1e-3 in none
+    (``python -m inpo.judges.report``, docs/judges.md), so the default lr is 1e-3.
 
     In :meth:`prob` the eigenvalues are the average over the two sequences
     of the pair (identical in exact arithmetic; averaging makes antisymmetry exact in floating point).

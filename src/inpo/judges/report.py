@@ -1,7 +1,7 @@
 """Measured numbers for docs/judges.md: BT vs GPM vs pair on synthetic data with a known answer.
 
     python -m inpo.judges.report                 # seeds 0-3, prints markdown tables (a few minutes, CPU)
-    python -m inpo.judges.report --kinds gpm --lr 3e-3   # the step-size sensitivity of GPM
+    python -m inpo.judges.report --kinds gpm pair --lr 3e-3 --datasets cyclic   # step-size sensitivity
 
 Held-out accuracy (prompt-grouped 20% split) per dataset and judge, the largest error of the judge's
 style matrix (averaged over held-out prompts) against the known population matrix, and ECE.
@@ -58,13 +58,15 @@ def style_matrix_error(judge, pairs, truth: torch.Tensor) -> float:
     return float((torch.stack(mats).mean(0) - truth).abs().max())
 
 
-def run(seeds: list[int], kinds: list[str], lr: float = 1e-3) -> None:
+def run(seeds: list[int], kinds: list[str], lr: float = 1e-3, datasets: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     print(f"held-out accuracy / max style-matrix error / ECE; lr={lr}; seeds {seeds}; "
           "builtin-tiny backbone (Llama, hidden 32, 1 layer)\n")
     print("| dataset | judge | accuracy per seed | mean acc | max matrix error (mean) | ECE (mean) |")
     print("|---|---|---|---|---|---|")
     for name, (make, truth, epochs) in DATASETS.items():
+        if datasets and not any(name.startswith(d) for d in datasets):
+            continue
         for kind in kinds:
             accs, errs, eces = [], [], []
             for seed in seeds:
@@ -83,9 +85,10 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     ap.add_argument("--kinds", nargs="+", default=["bt", "gpm", "pair"])
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--datasets", nargs="+", default=None, help="name prefixes: cyclic transitive mixture condorcet")
     args = ap.parse_args()
     t = time.time()
-    run(args.seeds, args.kinds, args.lr)
+    run(args.seeds, args.kinds, args.lr, args.datasets)
     print(f"\n({time.time() - t:.0f} s)")
 
 
