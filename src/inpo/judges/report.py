@@ -58,9 +58,11 @@ def style_matrix_error(judge, pairs, truth: torch.Tensor) -> float:
     return float((torch.stack(mats).mean(0) - truth).abs().max())
 
 
-def run(seeds: list[int], kinds: list[str], lr: float = 1e-3, datasets: list[str] | None = None) -> None:
+def run(
+    seeds: list[int], kinds: list[str], lr: float = 1e-3, datasets: list[str] | None = None, prompt_head: bool = False
+) -> None:
     torch.set_num_threads(1)
-    print(f"held-out accuracy / max style-matrix error / ECE; lr={lr}; seeds {seeds}; "
+    print(f"held-out accuracy / max style-matrix error / ECE; lr={lr}; prompt_head={prompt_head}; seeds {seeds}; "
           "builtin-tiny backbone (Llama, hidden 32, 1 layer)\n")
     print("| dataset | judge | accuracy per seed | mean acc | max matrix error (mean) | ECE (mean) |")
     print("|---|---|---|---|---|---|")
@@ -72,7 +74,8 @@ def run(seeds: list[int], kinds: list[str], lr: float = 1e-3, datasets: list[str
             for seed in seeds:
                 rows = make(seed)
                 held = split_held_out(load_preferences(rows).pairs, fraction=0.2, seed=seed)[1]
-                res = train_judge(rows, kind, "builtin-tiny", None, JudgeTrainConfig(epochs=epochs, seed=seed, lr=lr))
+                cfg = JudgeTrainConfig(epochs=epochs, seed=seed, lr=lr, prompt_head=prompt_head)
+                res = train_judge(rows, kind, "builtin-tiny", None, cfg)
                 accs.append(res.metrics["accuracy"])
                 eces.append(res.metrics["ece"])
                 errs.append(style_matrix_error(res.judge, held, truth))
@@ -86,9 +89,10 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="+", default=["bt", "gpm", "pair"])
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--datasets", nargs="+", default=None, help="name prefixes: cyclic transitive mixture condorcet")
+    ap.add_argument("--prompt-head", action="store_true", help="GPM with prompt-dependent eigenvalues")
     args = ap.parse_args()
     t = time.time()
-    run(args.seeds, args.kinds, args.lr, args.datasets)
+    run(args.seeds, args.kinds, args.lr, args.datasets, args.prompt_head)
     print(f"\n({time.time() - t:.0f} s)")
 
 
