@@ -74,7 +74,7 @@ class AlgoConfig(_Frozen):
 
     name: Literal["inpo", "dpo", "ipo", "sppo", "mnpo", "egpo", "nash-md"] = "inpo"
     eta: float = 4.0
-    tau: float = 0.05
+    tau: float = 0.1
     beta: float = 0.1
     pairing: Literal["default", "best_vs_worst", "all", "random"] = "default"
     ipo_average_tokens: bool = False
@@ -103,8 +103,8 @@ class AlgoConfig(_Frozen):
 
 
 class TrainConfig(_Frozen):
-    epochs: int = Field(default=2, gt=0)
-    lr: float = 3e-4
+    epochs: int = Field(default=4, gt=0)
+    lr: float = 1e-3
     batch_size: int = Field(default=16, gt=0, description="prompts per optimizer step, with all their pairs")
     grad_accum: int = Field(default=1, gt=0)
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
@@ -129,8 +129,10 @@ class TaskConfig(_Frozen):
 
 class RunConfig(_Frozen):
     output_dir: str = "runs/default"  # the CLI picks runs/<algo>-<time> when none is given
-    iterations: int = Field(default=5, gt=0)
+    iterations: int = Field(default=6, gt=0)
     seed: int = 0
+    threads: int | None = Field(default=None, gt=0, description="torch CPU threads; None: 1 for the built-in "
+                                "task (its tiny model is overhead-bound), torch's default otherwise")
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     sampling: SamplingConfig = SamplingConfig()

@@ -622,6 +622,9 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet:
         console = Console(quiet=quiet)
         if not console.is_terminal:
             console.width = 160
+    threads = cfg.threads if cfg.threads is not None else (1 if cfg.model.path is None else None)
+    if threads is not None:
+        torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     algo = ALGORITHMS[cfg.algo.name]
