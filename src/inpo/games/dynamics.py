@@ -11,7 +11,8 @@ log-policies ``[X, A]`` (``logpi``; ``P pi`` means ``(P pi)_i = P(y_i > pi)``):
   from pi_t (least squares of the labels, as for INPO); i.e. INPO with eta = 1/beta, tau = beta.
 * ``dpo``     iterative DPO (Dong et al. 2024): pi_{t+1} ∝ pi_ref exp(r_t / beta) with r_t the population
   minimizer of the DPO loss on pairs from pi_t with soft labels P, i.e. the Bradley-Terry fit of P
-  weighted by pi_t(y) pi_t(y') (damped Newton, ridge 1e-9 for the gauge / unseen actions).
+  weighted by pi_t(y) pi_t(y') (damped Newton; a 1e-9 ridge toward pi_t's implicit reward fixes the
+  gauge and leaves actions the pairs never cover where pi_t had them).
 * ``mnpo``    pi_{t+1} ∝ pi_ref^{eta tau} prod_j pi_{t-j}^{(1-eta tau) lambda_j} exp(eta P pi_t)
   (the population minimizer of :func:`inpo.losses.mnpo_loss` on pairs from pi_t; before n iterates
   exist the history is padded with pi_0). n = 1 is INPO exactly.
@@ -166,25 +167,32 @@ def nash_md_update(
     return log_softmax(logmix + eta * _Ppi(P, logmix), axis=-1)
 
 
-def bt_fit(P: np.ndarray, w: np.ndarray, *, ridge: float = 1e-9, iters: int = 100) -> np.ndarray:
-    """Weighted Bradley-Terry fit: ``argmin_r sum_{ij} w_ij [-P_ij log sigmoid(r_i - r_j)] + ridge/2 |r|^2``.
+def bt_fit(
+    P: np.ndarray, w: np.ndarray, r0: np.ndarray | None = None, *, ridge: float = 1e-9, iters: int = 100
+) -> np.ndarray:
+    """Weighted Bradley-Terry fit:
+    ``argmin_r sum_{ij} w_ij [-P_ij log sigmoid(r_i - r_j)] + ridge/2 |r - r0|^2``.
 
     This is the population minimizer of the DPO loss (``r = beta log pi/pi_ref``) on pairs drawn with
-    probability ``w_ij`` and soft labels P. Damped Newton (convex objective), vectorized over contexts.
+    probability ``w_ij`` and soft labels P. The tiny ridge toward ``r0`` (the current implicit reward,
+    i.e. training warm-started at pi_t) fixes the additive gauge and keeps the reward of actions that
+    the pairs (almost) never cover where pi_t had it, as finite training from pi_t would. Damped
+    Newton (convex objective), vectorized over contexts.
     """
     X, A = w.shape[0], w.shape[-1]
-    r = np.zeros((X, A))
+    r0 = np.zeros((X, A)) if r0 is None else r0 - r0.mean(-1, keepdims=True)
+    r = r0.copy()
     eye = np.eye(A)
 
     def obj(r: np.ndarray) -> np.ndarray:
         z = r[:, :, None] - r[:, None, :]
-        return (w * P * np.logaddexp(0.0, -z)).sum((1, 2)) + 0.5 * ridge * (r**2).sum(-1)
+        return (w * P * np.logaddexp(0.0, -z)).sum((1, 2)) + 0.5 * ridge * ((r - r0) ** 2).sum(-1)
 
     f = obj(r)
     for _ in range(iters):
         z = r[:, :, None] - r[:, None, :]
         s = 0.5 * (1.0 + np.tanh(0.5 * z))
-        g = (w * (s - P)).sum(-1) + ridge * r
+        g = (w * (s - P)).sum(-1) + ridge * (r - r0)
         h = w * s * (1.0 - s)
         H = eye * h.sum(-1)[:, None, :] - h + ridge * eye
         d = np.linalg.solve(H, -g[..., None])[..., 0]
@@ -197,16 +205,16 @@ def bt_fit(P: np.ndarray, w: np.ndarray, *, ridge: float = 1e-9, iters: int = 10
                 break
             t = np.where(bad, 0.5 * t, t)
         r, f = cand, fc
-        if np.abs(g).max() < 1e-12:
+        if np.abs(g).max() < 1e-13:
             break
     return r
 
 
 def dpo_update(P: np.ndarray, logpi: np.ndarray, logref: np.ndarray, *, beta: float) -> np.ndarray:
     """Iterative DPO, population form: ``log pi_{t+1} = log pi_ref + r_t / beta`` with r_t = BT fit of P
-    weighted by pi_t(y) pi_t(y') (:func:`bt_fit`)."""
+    weighted by pi_t(y) pi_t(y') (:func:`bt_fit`, warm-started at ``beta log pi_t/pi_ref``)."""
     pi = np.exp(logpi)
-    r = bt_fit(P, pi[:, :, None] * pi[:, None, :])
+    r = bt_fit(P, pi[:, :, None] * pi[:, None, :], beta * (logpi - logref))
     return log_softmax(logref + r / beta, axis=-1)
 
 

