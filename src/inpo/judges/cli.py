@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import typer
@@ -68,6 +69,11 @@ def train(
         str(m["n_train"]), str(m["n_held_out"]), str(m["n_ties_dropped"]),
     )
     console.print(table)
+    if abs(m["final_loss"] - math.log(2)) < 0.01:
+        console.print(
+            f"[yellow]warning:[/] final training loss {m['final_loss']:.4f} ~ log 2: the judge separates no pairs "
+            "(BT on cyclic data cannot; a GPM/pair judge stuck here may need a smaller --lr or more --epochs)"
+        )
 
 
 @app.command("eval")
