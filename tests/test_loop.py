@@ -194,3 +194,28 @@ def test_loop_writes_every_artifact_and_resume_is_bit_identical(tmp_path: Path, 
     clean = [{k: v for k, v in r.items() if not k.startswith(strip)} for r in rows]
     clean_resumed = [{k: v for k, v in r.items() if not k.startswith(strip)} for r in resumed]
     assert clean == clean_resumed
+
+
+def test_lora_run_saves_peft_adapters_and_ref_is_the_disabled_adapter(tmp_path: Path, cache_dir: Path) -> None:
+    pytest.importorskip("peft")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "lora"
+    cfg = build_config({**tiny_cfg(out, cache_dir).model_dump(mode="json"), "iterations": 1,
+                        "peft": {"r": 4, "alpha": 8}})
+    rows = run(cfg, quiet=True)
+    assert len(rows) == 2
+    adapter = out / "iter_1" / "adapter_model.safetensors"
+    assert adapter.is_file() and not (out / "iter_1" / "model.safetensors").exists()
+    ref_dir = next(Path(cache_dir).glob("builtin-*"))
+    base = AutoModelForCausalLM.from_pretrained(ref_dir)
+    model = PeftModel.from_pretrained(base, str(out / "iter_1"))
+    ids = torch.tensor([[1, 5, 6, 7]])
+    with torch.no_grad():
+        tuned = model(input_ids=ids).logits
+        with model.disable_adapter():
+            plain = model(input_ids=ids).logits
+        ref = AutoModelForCausalLM.from_pretrained(ref_dir)(input_ids=ids).logits
+    assert torch.allclose(plain, ref, atol=1e-6)  # adapter disabled == pi_ref
+    assert not torch.allclose(tuned, ref, atol=1e-4)  # the adapter was trained

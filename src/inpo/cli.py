@@ -90,7 +90,7 @@ def eval_(
     from rich.table import Table
 
     from inpo.config import load_config
-    from inpo.loop import RunDir, build_setup, evaluate_policy, load_causal_lm
+    from inpo.loop import RunDir, build_setup, evaluate_policy, load_causal_lm, load_policy
 
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
@@ -105,7 +105,7 @@ def eval_(
     setup = build_setup(cfg, console, progress=False)
     if baseline is not None:
         setup.ref = load_causal_lm(baseline, trust_remote_code=cfg.model.trust_remote_code).eval()
-    policy = load_causal_lm(rundir.iter_dir(t), trust_remote_code=cfg.model.trust_remote_code).eval()
+    policy = load_policy(rundir.iter_dir(t), cfg, setup.ref_path).eval()
     metrics = {"iteration": t, **evaluate_policy(setup, policy, cfg, rundir, t)}
     if json_out:
         print(json.dumps(metrics))

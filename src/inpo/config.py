@@ -33,6 +33,16 @@ class ModelConfig(_Frozen):
     trust_remote_code: bool = False
 
 
+class PeftConfig(_Frozen):
+    """LoRA adapters on the policy (peft). pi_ref is the same model with the adapter disabled, so no
+    second copy of the weights is held; checkpoints are adapter directories loadable by peft."""
+
+    r: int = Field(default=8, gt=0)
+    alpha: int = Field(default=16, gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    target_modules: list[str] | str = "all-linear"
+
+
 class DataConfig(_Frozen):
     """Prompts: JSONL / JSON / parquet file or a `datasets.load_dataset` name; ``None`` = built-in task."""
 
@@ -131,6 +141,9 @@ class RunConfig(_Frozen):
     output_dir: str = "runs/default"  # the CLI picks runs/<algo>-<time> when none is given
     iterations: int = Field(default=6, gt=0)
     seed: int = 0
+    peft: PeftConfig | None = None
+    log_with: list[Literal["tensorboard", "wandb", "mlflow"]] | Literal["auto"] = Field(
+        default="auto", description="accelerate trackers; 'auto' = tensorboard when installed, else none")
     threads: int | None = Field(default=None, gt=0, description="torch CPU threads; None: 1 for the built-in "
                                 "task (its tiny model is overhead-bound), torch's default otherwise")
     model: ModelConfig = ModelConfig()

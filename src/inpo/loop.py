@@ -107,6 +107,32 @@ def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> Any:
     return tok
 
 
+class AdapterDisabled(torch.nn.Module):
+    """pi_ref of a LoRA policy: the same peft model run with its adapter disabled (no weight copy)."""
+
+    def __init__(self, peft_model: torch.nn.Module) -> None:
+        super().__init__()
+        self.peft_model = peft_model
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        with self.peft_model.disable_adapter(), torch.no_grad():
+            return self.peft_model(*args, **kwargs)
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        with self.peft_model.disable_adapter():
+            return self.peft_model.generate(*args, **kwargs)
+
+
+def load_policy(path: str | Path, cfg: RunConfig, base_path: str | Path) -> torch.nn.Module:
+    """A saved iterate: a full model, or (with ``peft``) the LoRA adapter in ``path`` on the base model."""
+    if cfg.peft is None:
+        return load_causal_lm(path, trust_remote_code=cfg.model.trust_remote_code)
+    from peft import PeftModel
+
+    base = load_causal_lm(base_path, trust_remote_code=cfg.model.trust_remote_code)
+    return PeftModel.from_pretrained(base, str(path), is_trainable=True)
+
+
 def build_setup(cfg: RunConfig, console: Console, *, progress: bool) -> Setup:
     task = None
     if cfg.model.path is None:
@@ -123,8 +149,17 @@ def build_setup(cfg: RunConfig, console: Console, *, progress: bool) -> Setup:
     trc = cfg.model.trust_remote_code
     tokenizer = load_tokenizer(ref_path, trust_remote_code=trc)
     policy = load_causal_lm(ref_path, trust_remote_code=trc)
-    ref = load_causal_lm(ref_path, trust_remote_code=trc)
-    ref.requires_grad_(False).eval()
+    ref: torch.nn.Module
+    if cfg.peft is not None:
+        from peft import LoraConfig, get_peft_model
+
+        p = cfg.peft
+        policy = get_peft_model(policy, LoraConfig(r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout,
+                                                   target_modules=p.target_modules, task_type="CAUSAL_LM"))
+        ref = AdapterDisabled(policy)
+    else:
+        ref = load_causal_lm(ref_path, trust_remote_code=trc)
+        ref.requires_grad_(False).eval()
 
     d = cfg.data
     if task is not None:
@@ -626,7 +661,9 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet:
     if threads is not None:
         torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    trackers = resolve_trackers(cfg)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with=trackers or None,
+                              project_dir=str(Path(cfg.output_dir) / "logs"))
     algo = ALGORITHMS[cfg.algo.name]
     pairing = algo.pairing if cfg.algo.pairing == "default" else cfg.algo.pairing
     rundir = RunDir(cfg.output_dir)
@@ -642,7 +679,9 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet:
         setup = build_setup(cfg, console, progress=False)
     policy = setup.policy
     if done > 0:  # resume from the last complete checkpoint
-        policy = load_causal_lm(rundir.iter_dir(done), trust_remote_code=cfg.model.trust_remote_code)
+        policy = load_policy(rundir.iter_dir(done), cfg, setup.ref_path)
+        if cfg.peft is not None:
+            setup.ref = AdapterDisabled(policy)
     policy = accelerator.prepare(policy)
     rows = [r for r in rundir.read_metrics() if r["iteration"] <= done]
     if not rows and main:
@@ -655,6 +694,8 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet:
         console.print(f"resuming after iteration {done}")
     console.print(metrics_table(rows, "start"))
 
+    if trackers:
+        accelerator.init_trackers("inpo", config=flat_config(cfg))
     prompt_ids = [p.ids for p in setup.train_prompts]
     n_prompts = len(prompt_ids)
     for t in range(done + 1, cfg.iterations + 1):
@@ -729,9 +770,38 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet:
             rundir.write_state({**rundir.read_state(), "completed_iterations": t})
             console.print(metrics_table(rows[-1:], f"iteration {t}"))
             write_plots(rundir, rows)
+            if trackers:
+                accelerator.log({k: v for k, v in row.items() if isinstance(v, int | float)}, step=t)
         accelerator.wait_for_everyone()
     console.print(metrics_table(rows, f"{algo.name}: summary ({rundir.path / 'metrics.jsonl'})"))
+    if trackers:
+        accelerator.end_training()
     return rows
+
+
+def resolve_trackers(cfg: RunConfig) -> list[str]:
+    """accelerate trackers: 'auto' = tensorboard when it is installed, else none (wandb/mlflow on request;
+    their API keys are read by those libraries from the environment, never from the config)."""
+    if cfg.log_with != "auto":
+        return list(cfg.log_with)
+    import importlib.util
+
+    return ["tensorboard"] if importlib.util.find_spec("tensorboard") is not None else []
+
+
+def flat_config(cfg: RunConfig) -> dict[str, Any]:
+    """The config as flat scalar hyperparameters (what trackers accept)."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = value if isinstance(value, int | float | str | bool) else str(value)
+
+    walk("", cfg.model_dump(mode="json"))
+    return out
 
 
 def save_checkpoint(model: torch.nn.Module, tokenizer: Any, path: Path) -> None:
@@ -763,7 +833,7 @@ def history_models(
         elif it <= 0:
             out[f"hist{j}"] = setup.ref
         else:
-            out[f"hist{j}"] = load_causal_lm(rundir.iter_dir(it), trust_remote_code=cfg.model.trust_remote_code)
+            out[f"hist{j}"] = load_policy(rundir.iter_dir(it), cfg, setup.ref_path)
     return out
 
 
