@@ -156,6 +156,9 @@ class RunConfig(_Frozen):
 
     @model_validator(mode="after")
     def _builtin_consistency(self) -> RunConfig:
+        if self.sampling.backend == "vllm" and (self.algo.name in ("egpo", "nash-md") or self.peft is not None):
+            raise ValueError("sampling.backend=vllm supports neither egpo/nash-md (they sample from an "
+                             "unsaved or mixed policy) nor peft adapters; use backend=transformers")
         if self.model.path is not None and self.data.prompts is None:
             raise ValueError("data.prompts is required when model.path is set (the built-in prompts fit only "
                              "the built-in model)")

@@ -712,7 +712,8 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet:
                 responses = sharded_stage(accelerator, rundir.stage(t, f"s{step}_samples"), sample_stage, n_prompts,
                                           accelerator.unwrap_model(policy), prompt_ids, cfg, setup,
                                           seed=seed_for(cfg, t, step, "sample") + accelerator.process_index,
-                                          mixture=mixture, progress=partial(bars.advance, bar))
+                                          mixture=mixture, progress=partial(bars.advance, bar),
+                                          checkpoint=rundir.iter_dir(t - 1) if t > 1 else setup.ref_path)
                 samples = Samples(prompt_ids, responses, cfg.sampling.num_samples)
                 times["time/sample"] += time.perf_counter() - t0
 
@@ -840,10 +841,19 @@ def history_models(
 def sample_stage(
     idx: list[int], model: torch.nn.Module, prompt_ids: list[list[int]], cfg: RunConfig, setup: Setup, *,
     seed: int, mixture: tuple[torch.nn.Module, float] | None, progress: Callable[[int], None] | None,
+    checkpoint: Path | None = None,
 ) -> list[list[int]]:
-    """K responses per prompt of ``idx``, flattened (prompt i, sample k -> i*K + k)."""
-    nested = sample_responses(model, [prompt_ids[i] for i in idx], cfg.sampling, eos_id=setup.eos_id,
-                              pad_id=setup.pad_id, seed=seed, mixture=mixture, progress=progress)
+    """K responses per prompt of ``idx``, flattened (prompt i, sample k -> i*K + k). The vLLM backend
+    samples from ``checkpoint``, the saved directory of the same policy."""
+    chosen = [prompt_ids[i] for i in idx]
+    if cfg.sampling.backend == "vllm":
+        from inpo.sampling import sample_responses_vllm
+
+        nested = sample_responses_vllm(str(checkpoint), chosen, cfg.sampling, eos_id=setup.eos_id, seed=seed,
+                                       trust_remote_code=cfg.model.trust_remote_code)
+    else:
+        nested = sample_responses(model, chosen, cfg.sampling, eos_id=setup.eos_id, pad_id=setup.pad_id, seed=seed,
+                                  mixture=mixture, progress=progress)
     return [r for rs in nested for r in rs]
 
 

@@ -111,3 +111,31 @@ def sample_responses(
     finally:
         model.train(was_training)
     return results
+
+
+def sample_responses_vllm(
+    model_dir: str, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, *, eos_id: int, seed: int,
+    trust_remote_code: bool = False,
+) -> list[list[list[int]]]:
+    """The same sampling with vLLM (optional extra ``inpo[vllm]``, imported here only).
+
+    The engine loads the iterate from its saved checkpoint directory (``iter_<t>/``), which is how
+    weights reach it after each iteration. Same K, temperature, top-p, max new tokens and EOS handling
+    as :func:`sample_responses`; the random streams differ from transformers', so samples do too.
+    """
+    try:
+        from vllm import LLM, SamplingParams
+        from vllm.inputs import TokensPrompt
+    except ImportError:
+        from inpo.errors import InpoError
+
+        raise InpoError("sampling.backend=vllm needs vLLM: pip install 'inpo[vllm]' (GPU machines)") from None
+    llm = LLM(model=model_dir, seed=seed, trust_remote_code=trust_remote_code)
+    params = SamplingParams(n=cfg.num_samples, temperature=cfg.temperature, top_p=cfg.top_p,
+                            max_tokens=cfg.max_new_tokens, stop_token_ids=[eos_id], seed=seed)
+    outputs = llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params)
+    result = []
+    for out in outputs:
+        result.append([strip_response(list(o.token_ids), eos_id, -1) for o in out.outputs])
+    del llm
+    return result
