@@ -28,7 +28,8 @@ def _measure(label: str, fn):
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB -> MiB
-    print(f"{label}: {dt:.2f} s wall, {cpu:.2f} s CPU, peak traced memory {peak / 2**20:.1f} MiB, process max RSS {rss:.0f} MiB")
+    print(f"{label}: {dt:.2f} s wall, {cpu:.2f} s CPU, peak traced memory {peak / 2**20:.1f} MiB, "
+          f"process max RSS {rss:.0f} MiB")
     return out
 
 

@@ -236,6 +236,5 @@ def test_cli_exit_code_2_through_inpo_main(tmp_path) -> None:
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
     assert "missing.npy" in res.stderr and len(res.stderr.strip().splitlines()) == 1
-    res = subprocess.run([sys.executable, "-m", "inpo", "game", "--algo", "inpo,sppo", "--iterations", "10",
-                          "--json"], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0 and [json.loads(s)["algo"] for s in res.stdout.splitlines()] == ["inpo", "sppo"]
+    res = CliRunner().invoke(app, ["game", "--algo", "inpo,sppo", "--iterations", "10", "--json"])
+    assert res.exit_code == 0 and [json.loads(s)["algo"] for s in res.stdout.splitlines()] == ["inpo", "sppo"]

@@ -19,7 +19,8 @@ log-policies ``[X, A]`` (``logpi``; ``P pi`` means ``(P pi)_i = P(y_i > pi)``):
 * ``egpo``    extragradient (mirror-prox): pi_{t+1/2} = INPO step from pi_t with opponent pi_t, then
   pi_{t+1} ∝ pi_t^{1-eta tau} pi_ref^{eta tau} exp(eta P pi_{t+1/2}).
 * ``nash-md`` pi_{t+1} ∝ mix_t exp(eta P mix_t), mix_t ∝ pi_t^{1-eta tau} pi_ref^{eta tau}
-  (Nash-MD, arXiv 2312.00886, Eq. 9, mixing coefficient eta tau).
+  (Nash-MD, arXiv 2312.00886, Eq. 9, mixing coefficient eta tau). With a constant eta its fixed point,
+  ``pi ∝ pi_ref exp(P mix(pi) / tau)``, is not exactly the regularized NE (the paper decreases eta).
 
 **Sampled** (:func:`run_sampled`): the policy is a softmax table (``logits [X, A]``, requires_grad,
 float64) trained at every iteration for ``steps`` Adam steps, starting from pi_t's logits, on the *same*
