@@ -23,6 +23,15 @@ class Prompt:
     ids: list[int]
 
 
+def _read_utf8(path: Path, source: str) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise InpoError(f"{source}: line {line}: not UTF-8 text (byte {e.start})") from None
+
+
 def read_rows(source: str, split: str = "train") -> list[dict[str, Any]]:
     path = Path(source)
     if path.suffix in {".jsonl", ".json", ".parquet"} and not path.exists():
@@ -30,7 +39,7 @@ def read_rows(source: str, split: str = "train") -> list[dict[str, Any]]:
     if path.is_file():
         if path.suffix == ".jsonl":
             rows = []
-            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            for n, line in enumerate(_read_utf8(path, source).splitlines(), start=1):
                 if not line.strip():
                     continue
                 try:
@@ -43,7 +52,7 @@ def read_rows(source: str, split: str = "train") -> list[dict[str, Any]]:
             return rows
         if path.suffix == ".json":
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
+                data = json.loads(_read_utf8(path, source))
             except json.JSONDecodeError as e:
                 raise InpoError(f"{source}: line {e.lineno}: invalid JSON ({e.msg})") from None
             if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
@@ -52,7 +61,10 @@ def read_rows(source: str, split: str = "train") -> list[dict[str, Any]]:
         if path.suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            return pq.read_table(path).to_pylist()
+            try:
+                return pq.read_table(path).to_pylist()
+            except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+                raise InpoError(f"{source}: not a readable parquet file ({type(e).__name__})") from None
         raise InpoError(f"{source}: unsupported file type '{path.suffix}' (use .jsonl, .json or .parquet)")
     try:
         import datasets
