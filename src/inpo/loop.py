@@ -221,8 +221,10 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def config_hash(cfg: RunConfig) -> str:
-    """Hash of everything that defines the run except where it lives (a moved or copied run dir resumes)."""
-    return hashlib.sha256(dump_config(cfg.model_copy(update={"output_dir": ""})).encode()).hexdigest()[:16]
+    """Hash of everything that defines the run except where it lives (a moved or copied run dir resumes) and how
+    many iterations it runs (``--resume DIR --iterations T`` extends a run: nothing in iteration t depends on T)."""
+    blank = cfg.model_copy(update={"output_dir": "", "iterations": 1})
+    return hashlib.sha256(dump_config(blank).encode()).hexdigest()[:16]
 
 
 class RunDir:
@@ -289,6 +291,8 @@ class RunDir:
         """Create or reopen the run directory; return the number of completed iterations."""
         done = self.check(cfg, resume=resume, overwrite=overwrite)
         if done is not None and "config_hash" in self.read_state():
+            if (self.path / "config.yaml").read_text() != dump_config(cfg):  # extended (T) or moved
+                atomic_write_text(self.path / "config.yaml", dump_config(cfg))
             return done
         try:
             if done is None and self.path.exists():
