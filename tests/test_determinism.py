@@ -33,10 +33,10 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.getbasetemp() / "shared_sft_cache"
 
 
-def tiny(out: Path, cache: Path, algo: str, seed: int = 0):
+def tiny(out: Path, cache: Path, algo: str, seed: int = 0, iterations: int = 2):
     return build_config({
         "output_dir": str(out),
-        "iterations": 2,
+        "iterations": iterations,
         "seed": seed,
         "task": {"sft_cache": str(cache), "options": TINY_TASK},
         "sampling": {"num_samples": 3, "max_new_tokens": 6},
@@ -81,3 +81,16 @@ def test_same_seed_same_run_bit_for_bit(tmp_path: Path, cache: Path, algo: str) 
         wa, wc = weights(tmp_path / "a", 1), weights(tmp_path / "c", 1)
         assert any(not torch.equal(wa[n], wc[n]) for n in wa)
         assert metrics_without_time(tmp_path / "c") != strip
+
+
+def test_extending_a_finished_run_equals_a_longer_run(tmp_path: Path, cache: Path) -> None:
+    """T=1, then ``resume`` with T=2 (CLI: ``--resume DIR --iterations 2``) == a T=2 run, bit for bit."""
+    run(tiny(tmp_path / "long", cache, "inpo"), quiet=True)
+    run(tiny(tmp_path / "short", cache, "inpo", iterations=1), quiet=True)
+    rows = run(tiny(tmp_path / "short", cache, "inpo"), resume=True, quiet=True)
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    assert metrics_without_time(tmp_path / "short") == metrics_without_time(tmp_path / "long")
+    for t in (1, 2):
+        wa, wb = weights(tmp_path / "short", t), weights(tmp_path / "long", t)
+        assert all(torch.equal(wa[n], wb[n]) for n in wa)
+    assert "iterations: 2" in (tmp_path / "short" / "config.yaml").read_text()
