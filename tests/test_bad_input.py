@@ -354,6 +354,7 @@ PROMPT_CASES = {
     "all_too_long": ([{"prompt": " ".join(["w1"] * 40)}], {"data": {"max_prompt_length": 16}},
                      ["every prompt is longer than data.max_prompt_length=16"]),
     "no_rows": ([], {}, ["no rows"]),
+    "prompt_not_a_string": ([{"prompt": "a"}, {"prompt": 5}], {}, ["row 2", "field 'prompt'"]),
 }
 
 
@@ -368,6 +369,26 @@ def test_bad_prompts(name: str, user_model: Path, tmp_path: Path, monkeypatch, c
 def test_prompts_file_missing(user_model: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     cfg = user_cfg(tmp_path, user_model, tmp_path / "nope.jsonl")
     expect_error(monkeypatch, capsys, ["train", str(cfg)], "nope.jsonl", "file not found", fresh_out=tmp_path / "out")
+
+
+@pytest.mark.parametrize(("suffix", "content", "needles"), [
+    (".jsonl", b'{"prompt": "a"}\n{"prompt": "caf\xe9"}\n', ["line 2", "not UTF-8"]),
+    (".json", b"\xff\xfe[]", ["line 1", "not UTF-8"]),
+    (".parquet", b"PAR1 this is not parquet", ["not a readable parquet file"]),
+])
+def test_unreadable_prompts_file(suffix: str, content: bytes, needles: list[str], user_model: Path, tmp_path: Path,
+                                 monkeypatch, capsys) -> None:
+    prompts = tmp_path / f"prompts{suffix}"
+    prompts.write_bytes(content)
+    cfg = user_cfg(tmp_path, user_model, prompts)
+    expect_error(monkeypatch, capsys, ["train", str(cfg)], prompts.name, *needles, fresh_out=tmp_path / "out")
+
+
+def test_judge_path_is_not_a_judge(user_model: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    prompts = write_prompts(tmp_path / "prompts.jsonl", [{"prompt": p} for p in GOOD_PROMPTS])
+    cfg = user_cfg(tmp_path, user_model, prompts)  # judge.path = tmp_path/my_judge, which does not exist
+    expect_error(monkeypatch, capsys, ["train", str(cfg)], "my_judge", "not a judge directory",
+                 fresh_out=tmp_path / "out")
 
 
 def test_no_pad_token_works_and_too_long_prompts_are_skipped_with_a_count(
