@@ -35,3 +35,4 @@ __all__ = [
     "scaled_bt_loss",
     "train_judge",
 ]
+from inpo.judges.api import OpenAIPairwiseJudge as OpenAIPairwiseJudge  # noqa: E402 - API judge (judges/api.py)
