@@ -93,7 +93,7 @@ class NashDPOTrainer(DPOTrainer):
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
         if self._signature_columns is not None:
-            self._signature_columns = [*self._signature_columns, *ANCHOR_COLUMNS]
+            self._signature_columns += [c for c in ANCHOR_COLUMNS if c not in self._signature_columns]
 
     def sequence_logps(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
         """Summed completion log-probs ``[2B]`` (chosen rows first), by TRL's fused-LM-head forward."""
