@@ -295,8 +295,11 @@ class RunDir:
                 atomic_write_text(self.path / "config.yaml", dump_config(cfg))
             return done
         try:
-            if done is None and self.path.exists():
-                shutil.rmtree(self.path)
+            if done is None and self.path.exists():  # --overwrite: move aside first, so a kill mid-delete
+                trash = self.path.with_name(f".{self.path.name}.old")  # leaves no half-deleted run behind
+                shutil.rmtree(trash, ignore_errors=True)
+                os.replace(self.path, trash)
+                shutil.rmtree(trash)
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise InpoError(f"{self.path}: cannot create the run directory ({e.strerror or e})") from None
