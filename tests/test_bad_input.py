@@ -267,6 +267,17 @@ def test_run_dir_holding_a_different_run_is_refused_and_untouched(finished_run: 
     assert tree_digest(finished_run) == before
 
 
+def test_overwrite_keeps_the_old_run_when_the_new_inputs_are_bad(finished_run: Path, user_model: Path,
+                                                                  tmp_path: Path, monkeypatch, capsys) -> None:
+    old = tmp_path / "old_run"
+    shutil.copytree(finished_run, old)
+    before = tree_digest(old)
+    prompts = write_prompts(tmp_path / "prompts.jsonl", [{"prompt": "a"}, {"prompt": ""}])
+    cfg = user_cfg(tmp_path, user_model, prompts)
+    expect_error(monkeypatch, capsys, ["train", str(cfg), "-o", str(old), "--overwrite"], "row 2", "is empty")
+    assert tree_digest(old) == before
+
+
 def test_overwrite_never_deletes_a_directory_that_is_not_a_run(tmp_path: Path, cache: Path, monkeypatch,
                                                               capsys) -> None:
     mine = tmp_path / "my_files"
