@@ -117,6 +117,20 @@ def test_ipo_average_tokens_equals_trl_ipo(parts, tmp_path: Path) -> None:
     assert summed.compute_loss(summed.model, batch_of(summed)).item() != pytest.approx(a, rel=1e-3)
 
 
+def test_precomputed_reference_and_evaluate(parts, tmp_path: Path) -> None:
+    tok, ref, policy = parts
+    ds = Dataset.from_list(ROWS)
+    live = NashDPOTrainer(model=copy.deepcopy(policy), ref_model=copy.deepcopy(ref), args=config(tmp_path / "a"),
+                          train_dataset=ds, processing_class=tok)
+    pre = NashDPOTrainer(model=copy.deepcopy(policy), ref_model=copy.deepcopy(ref),
+                         args=config(tmp_path / "b", precompute_ref_log_probs=True), train_dataset=ds,
+                         eval_dataset=ds, processing_class=tok)
+    assert {"ref_chosen_logps", "prev_chosen_logps"} <= set(pre.train_dataset.column_names)
+    expected = live.compute_loss(live.model, batch_of(live)).item()
+    assert pre.compute_loss(pre.model, batch_of(pre)).item() == pytest.approx(expected, rel=1e-6)
+    assert pre.evaluate()["eval_loss"] == pytest.approx(expected, rel=1e-5)  # before any step: same model
+
+
 def test_checkpoint_dir_resolution_and_errors(parts, tmp_path: Path) -> None:
     tok, ref, policy = parts
     trainer = NashDPOTrainer(model=copy.deepcopy(policy), ref_model=copy.deepcopy(ref),
