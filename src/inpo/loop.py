@@ -149,6 +149,10 @@ def build_setup(cfg: RunConfig, console: Console, *, progress: bool) -> Setup:
     trc = cfg.model.trust_remote_code
     tokenizer = load_tokenizer(ref_path, trust_remote_code=trc)
     policy = load_causal_lm(ref_path, trust_remote_code=trc)
+    n_emb = policy.get_input_embeddings().num_embeddings
+    if len(tokenizer) > n_emb:  # token ids past the embedding would crash generation with an IndexError
+        raise InpoError(f"model.path: {ref_path}: the tokenizer has {len(tokenizer)} tokens but the model's embedding "
+                        f"only {n_emb} rows (tokenizer and model do not match)")
     ref: torch.nn.Module
     if cfg.peft is not None:
         from peft import LoraConfig, get_peft_model
