@@ -344,6 +344,20 @@ def test_model_path_is_not_a_causal_lm(user_model: Path, tmp_path: Path, monkeyp
     expect_error(monkeypatch, capsys, ["train", str(cfg)], "model.path", "t5", "causal LM", fresh_out=tmp_path / "out")
 
 
+def test_tokenizer_does_not_match_the_model(user_model: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """A model with a 20-row embedding and the 43-token tokenizer: token ids >= 20 would crash generation."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(user_model)
+    config.vocab_size = 20
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(user_model)
+    prompts = write_prompts(tmp_path / "p.jsonl", [{"prompt": p} for p in GOOD_PROMPTS])
+    cfg = user_cfg(tmp_path, user_model, prompts)
+    expect_error(monkeypatch, capsys, ["train", str(cfg)], "model.path", "43 tokens", "only 20 rows",
+                 fresh_out=tmp_path / "out")
+
+
 PROMPT_CASES = {
     # name: (rows of the prompts file, extra config sections, substrings of the message)
     "invalid_json_line": ([{"prompt": "a"}, {"prompt": "b"}, '{"prompt": "c"', {"prompt": "d"}], {},
