@@ -158,8 +158,11 @@ def build_setup(cfg: RunConfig, console: Console, *, progress: bool) -> Setup:
         from peft import LoraConfig, get_peft_model
 
         p = cfg.peft
-        policy = get_peft_model(policy, LoraConfig(r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout,
-                                                   target_modules=p.target_modules, task_type="CAUSAL_LM"))
+        try:
+            policy = get_peft_model(policy, LoraConfig(r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout,
+                                                       target_modules=p.target_modules, task_type="CAUSAL_LM"))
+        except ValueError as e:  # e.g. target modules not in the model (peft's NoMatchingPeftModuleError)
+            raise InpoError(f"peft.target_modules: {str(e).splitlines()[0]}") from None
         ref = AdapterDisabled(policy)
     else:
         ref = load_causal_lm(ref_path, trust_remote_code=trc)
@@ -568,8 +571,12 @@ def train_on_pairs(
     return {k: v / max(weight_seen, 1e-12) for k, v in sums.items()}
 
 
-def evaluate_policy(setup: Setup, policy: torch.nn.Module, cfg: RunConfig, run: RunDir, t: int) -> dict[str, float]:
-    """Metrics of the policy on the eval prompts (no grad)."""
+def evaluate_policy(setup: Setup, policy: torch.nn.Module, cfg: RunConfig, run: RunDir, t: int, *,
+                    cache_baseline: bool = True) -> dict[str, float]:
+    """Metrics of the policy on the eval prompts (no grad), against ``setup.ref`` as the baseline.
+
+    The baseline's samples are cached in the run dir (``cache_baseline``) so every iteration is compared
+    with the same reference responses; a different baseline (``inpo eval --baseline``) is sampled afresh."""
     from inpo.config import SamplingConfig
 
     prompts = [p.ids for p in setup.eval_prompts]
@@ -587,10 +594,13 @@ def evaluate_policy(setup: Setup, policy: torch.nn.Module, cfg: RunConfig, run: 
         game = setup.task.game_for_prompts(texts)
         pi = setup.task.style_distribution(policy, setup.tokenizer, texts)
         pi_ref = setup.task.style_distribution(setup.ref, setup.tokenizer, texts)
-        out.update(game_metrics(game, pi, pi_ref))
+        out.update(game_metrics(game, pi, pi_ref, tau=cfg.algo.tau))
     # win rate against pi_ref under the run's judge (both orders), reference samples cached on disk
-    ref_resp = staged(run.stage(0, "eval_ref_samples"), lambda: [r[0] for r in sample_responses(
-        setup.ref, prompts, one, eos_id=setup.eos_id, pad_id=setup.pad_id, seed=seed_for(cfg, 0, 0, "eval_ref"))])
+    def baseline_samples() -> list[list[int]]:
+        return [r[0] for r in sample_responses(setup.ref, prompts, one, eos_id=setup.eos_id, pad_id=setup.pad_id,
+                                                seed=seed_for(cfg, 0, 0, "eval_ref"))]
+
+    ref_resp = staged(run.stage(0, "eval_ref_samples"), baseline_samples) if cache_baseline else baseline_samples()
     dec = setup.tokenizer.batch_decode
     scores = symmetric_win_scores(CheckedJudge(setup.judge, f"evaluation of iteration {t}"), texts,
                                   dec(flat, skip_special_tokens=True),
@@ -607,6 +617,7 @@ def evaluate_policy(setup: Setup, policy: torch.nn.Module, cfg: RunConfig, run: 
 
 COLUMNS = [("iter", "iteration", "{:d}"), ("win vs ref (judge)", "pref/win_rate", "{:.3f}"),
            ("win vs ref (exact)", "game/win_rate_vs_ref", "{:.3f}"), ("duality gap", "game/duality_gap", "{:.4f}"),
+           ("reg. gap", "game/reg_duality_gap", "{:.4f}"),
            ("KL(pi||ref)", "eval/kl_to_ref", "{:.3f}"), ("len", "eval/mean_length", "{:.2f}"),
            ("loss", "loss/train", "{:.4f}"), ("pairs", "train/pairs", "{:d}"), ("sample s", "time/sample", "{:.1f}"),
            ("judge s", "time/judge", "{:.1f}"), ("logps s", "time/logprobs", "{:.1f}"),
@@ -694,6 +705,8 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet:
         if cfg.peft is not None:
             setup.ref = AdapterDisabled(policy)
     policy = accelerator.prepare(policy)
+    if cfg.peft is None:
+        setup.ref.to(accelerator.device)
     rows = [r for r in rundir.read_metrics() if r["iteration"] <= done]
     if not rows and main:
         rows = [{"iteration": 0, **evaluate_policy(setup, accelerator.unwrap_model(policy), cfg, rundir, 0)}]
