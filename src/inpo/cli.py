@@ -106,7 +106,7 @@ def eval_(
     if baseline is not None:
         setup.ref = load_causal_lm(baseline, trust_remote_code=cfg.model.trust_remote_code).eval()
     policy = load_policy(rundir.iter_dir(t), cfg, setup.ref_path).eval()
-    metrics = {"iteration": t, **evaluate_policy(setup, policy, cfg, rundir, t)}
+    metrics = {"iteration": t, **evaluate_policy(setup, policy, cfg, rundir, t, cache_baseline=baseline is None)}
     if json_out:
         print(json.dumps(metrics))
         return
@@ -119,10 +119,12 @@ def eval_(
 
 
 def _register_subcommands() -> None:
+    from inpo.datacheck import data_app
     from inpo.games.cli import game
     from inpo.judges.cli import app as judge_app
 
     app.command("game")(game)
+    app.add_typer(data_app, name="data")
     app.add_typer(judge_app, name="judge", help="Train and evaluate preference models (BT, Scaled-BT, pair, GPM).")
 
 

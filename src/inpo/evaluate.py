@@ -46,17 +46,26 @@ def mean_length(responses: Sequence[Sequence[int]]) -> float:
     return sum(len(r) for r in responses) / max(1, len(responses))
 
 
-def game_metrics(game: torch.Tensor, pi: torch.Tensor, pi_ref: torch.Tensor) -> dict[str, float]:
+def game_metrics(game: torch.Tensor, pi: torch.Tensor, pi_ref: torch.Tensor, *, tau: float | None = None
+                 ) -> dict[str, float]:
     """Exact metrics of action distributions ``pi`` [N, A] on games ``game`` [N, A, A] (float64):
-    mean duality gap, exact win rate against ``pi_ref`` (pi^T P pi_ref) and action-level KL to pi_ref."""
+    mean duality gap, exact win rate against ``pi_ref`` (pi^T P pi_ref), action-level KL to pi_ref and,
+    with ``tau``, the duality gap in the tau-KL-regularized game (zero exactly at the equilibrium that
+    INPO / MNPO / EGPO / Nash-MD converge to)."""
     from inpo.games import duality_gap
+    from inpo.games.metrics import regularized_duality_gap
 
     game, pi, pi_ref = game.double(), pi.double(), pi_ref.double()
     gaps = torch.as_tensor(duality_gap(game, pi), dtype=torch.float64)
     wr = torch.einsum("ni,nij,nj->n", pi, game, pi_ref)
     kl = (pi * (pi.clamp_min(1e-300).log() - pi_ref.clamp_min(1e-300).log())).sum(-1)
-    return {
+    out = {
         "game/duality_gap": gaps.mean().item(),
         "game/win_rate_vs_ref": wr.mean().item(),
         "game/kl_to_ref": kl.mean().item(),
     }
+    if tau is not None and tau > 0:
+        ref = pi_ref.clamp_min(1e-12)
+        reg = regularized_duality_gap(game.numpy(), pi.numpy(), (ref / ref.sum(-1, keepdim=True)).numpy(), tau)
+        out["game/reg_duality_gap"] = float(torch.as_tensor(reg).mean())
+    return out

@@ -311,12 +311,24 @@ def read_judge_config(path: str | Path) -> dict[str, Any]:
     return config
 
 
+def _config_kind(path: Path) -> str | None:
+    try:
+        config = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return config.get("kind") if isinstance(config, dict) else None
+
+
 def load_judge(path: str | Path, *, device: str = "cpu", batch_size: int = 32) -> ModelJudge:
     """Load a judge written by :func:`save_judge` / :func:`train_judge` (safetensors only)."""
     from safetensors.torch import load_file
     from transformers import AutoModel, AutoTokenizer
 
     path = Path(path)
+    if _config_kind(path) == "openai":  # an API judge written by OpenAIPairwiseJudge.save
+        from inpo.judges.api import OpenAIPairwiseJudge
+
+        return OpenAIPairwiseJudge.load(path)  # type: ignore[return-value]
     config = read_judge_config(path)
     has_backbone = (path / "model.safetensors").exists() or (path / "model.safetensors.index.json").exists()
     for name, present in (("model.safetensors", has_backbone), (HEAD_NAME, (path / HEAD_NAME).exists())):
