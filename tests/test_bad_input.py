@@ -240,7 +240,8 @@ def test_bad_config(name: str, tmp_path: Path, cache: Path, monkeypatch, capsys)
 
 def test_peft_target_modules_not_in_the_model(tmp_path: Path, cache: Path, monkeypatch, capsys) -> None:
     cfg = write_yaml(tmp_path / "cfg.yaml", {**tiny(tmp_path / "out", cache), "peft": {"target_modules": ["nope"]}})
-    expect_error(monkeypatch, capsys, ["train", str(cfg)], "peft.target_modules", "nope", fresh_out=tmp_path / "out")
+    expect_error(monkeypatch, capsys, ["train", str(cfg), "-q"], "peft.target_modules", "nope",
+                 fresh_out=tmp_path / "out")
 
 
 def test_config_file_missing(tmp_path: Path, monkeypatch, capsys) -> None:
