@@ -40,7 +40,8 @@ def main() -> None:
         first, last = m[0], m[-1]
         gaps = [r["game/duality_gap"] for r in m]
         reg = f"{first['game/reg_duality_gap']:.3f} -> {last['game/reg_duality_gap']:.3f}"
-        print(f"| {algo} | {first['game/duality_gap']:.3f} -> {last['game/duality_gap']:.3f} | {min(gaps):.3f} | {reg} | "
+        gap = f"{first['game/duality_gap']:.3f} -> {last['game/duality_gap']:.3f}"
+        print(f"| {algo} | {gap} | {min(gaps):.3f} | {reg} | "
               f"{last['game/win_rate_vs_ref']:.3f} | {last['pref/win_rate']:.3f} "
               f"[{last['pref/win_rate_ci_low']:.3f}, {last['pref/win_rate_ci_high']:.3f}] | "
               f"{last['eval/kl_to_ref']:.3f} | {wall:.0f} |")
