@@ -303,6 +303,12 @@ def test_output_dir_is_a_file(tmp_path: Path, cache: Path, monkeypatch, capsys) 
     assert f.read_text() == "x"
 
 
+def test_output_dir_cannot_be_created(cache: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """/proc refuses new directories even for root (a read-only or full disk behaves the same way)."""
+    cfg = write_yaml(tmp_path / "cfg.yaml", tiny(Path("/proc/inpo_run"), cache))
+    expect_error(monkeypatch, capsys, ["train", str(cfg), "-q"], "/proc/inpo_run", "cannot create the run directory")
+
+
 def test_resume_of_a_dir_without_a_run(tmp_path: Path, monkeypatch, capsys) -> None:
     expect_error(monkeypatch, capsys, ["train", "--resume", str(tmp_path / "nothing")], "nothing to resume")
     (tmp_path / "empty").mkdir()
