@@ -68,12 +68,32 @@ def sequence_logprobs_response_only(model, input_ids, attention_mask, response_m
     return torch.zeros(input_ids.shape[0], dtype=lp.dtype, device=lp.device).index_add(0, rows, lp)
 
 
-def apply_variant(variant: str) -> None:
+def bucketed_randperm(lengths: list[int], batch: int):
+    """Proposed ordering for ``train_on_pairs``: prompts sorted by length, cut into steps of ``batch``, the steps
+    shuffled (a "sortish" sampler), so each step's sequences have similar lengths and little padding."""
+    original = torch.randperm
+
+    def randperm(n: int, generator: torch.Generator | None = None, **kwargs):  # noqa: ANN202
+        if n != len(lengths):
+            return original(n, generator=generator, **kwargs)
+        by_len = sorted(range(n), key=lambda i: lengths[i])
+        steps = [by_len[s : s + batch] for s in range(0, n, batch)]
+        return torch.tensor([i for j in original(len(steps), generator=generator).tolist() for i in steps[j]])
+
+    return randperm
+
+
+def apply_variant(variant: str, data: PairData) -> None:
     """Monkeypatch a proposed loop fix into this (worker) process only."""
     import inpo.logprobs
     import inpo.loop
 
     for v in filter(None, variant.split("+")):
+        if v == "bucketed":
+            lengths = [len(p) + max(len(c), len(r)) for p, c, r in zip(data.prompts, data.chosen, data.rejected,
+                                                                         strict=True)]
+            torch.randperm = bucketed_randperm(lengths, BATCH_PAIRS)
+            continue
         if v == "fused_adamw":
             torch.optim.AdamW = functools.partial(torch.optim.AdamW, fused=True)  # type: ignore[misc]
         elif v == "head_on_response":
@@ -90,7 +110,7 @@ def run_ours(size: str, data: PairData, variant: str = "") -> dict:
     from inpo.config import RunConfig, TrainConfig
     from inpo.loop import Samples, cache_logprobs, train_on_pairs
 
-    apply_variant(variant)
+    apply_variant(variant, data)
     model = make_model(size)
     ref = copy.deepcopy(model).requires_grad_(False).eval()
     cfg = RunConfig(train=TrainConfig(batch_size=BATCH_PAIRS, epochs=EPOCHS, lr=LR, warmup_ratio=0.0))
@@ -233,7 +253,8 @@ def main() -> None:
     p.add_argument("--sizes", default="3M,25M")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--pairs", type=int, default=N_PAIRS)
-    p.add_argument("--variant", default="", help="ours with proposed fixes: fused_adamw, head_on_response (a+b)")
+    p.add_argument("--variant", default="",
+                   help="ours with proposed fixes: fused_adamw, head_on_response, bucketed (a+b)")
     p.add_argument("--check-loss", action="store_true")
     a = p.parse_args()
     set_threads()
