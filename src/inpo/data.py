@@ -107,9 +107,10 @@ def prompt_text(row: dict[str, Any], where: str, tokenizer: Any) -> tuple[str, b
 
 def load_prompts(
     source: str, tokenizer: Any, *, split: str = "train", max_length: int = 512, too_long: str = "skip",
-    limit: int | None = None,
+    limit: int | None = None, max_length_name: str = "data.max_prompt_length",
 ) -> tuple[list[Prompt], int]:
-    """Prompts tokenized for generation, and the number skipped for exceeding ``max_length`` tokens."""
+    """Prompts tokenized for generation, and the number skipped for exceeding ``max_length`` tokens
+    (``max_length_name``: what the limit is called in messages)."""
     rows = read_rows(source, split)
     if not rows:
         raise InpoError(f"{source}: no rows")
@@ -121,12 +122,12 @@ def load_prompts(
         ids = tokenizer(text, add_special_tokens=not is_chat).input_ids
         if len(ids) > max_length:
             if too_long == "error":
-                raise InpoError(f"{where}: prompt has {len(ids)} tokens > data.max_prompt_length={max_length}")
+                raise InpoError(f"{where}: prompt has {len(ids)} tokens > {max_length_name}={max_length}")
             skipped += 1
             continue
         out.append(Prompt(text, list(ids)))
         if limit is not None and len(out) >= limit:
             break
     if not out:
-        raise InpoError(f"{source}: every prompt is longer than data.max_prompt_length={max_length}")
+        raise InpoError(f"{source}: every prompt is longer than {max_length_name}={max_length}")
     return out, skipped

@@ -176,13 +176,20 @@ def build_setup(cfg: RunConfig, console: Console, *, progress: bool) -> Setup:
         train_p, eval_p = as_prompts(task.train_prompts), as_prompts(task.eval_prompts)
     else:
         assert d.prompts is not None
-        train_p, skipped = load_prompts(d.prompts, tokenizer, split=d.split, max_length=d.max_prompt_length,
-                                        too_long=d.too_long, limit=d.num_prompts)
+        # a prompt plus its response must fit the model's positions (learned position embeddings crash past them)
+        max_len, name = d.max_prompt_length, "data.max_prompt_length"
+        n_pos = getattr(policy.config, "max_position_embeddings", None) or getattr(policy.config, "n_positions", None)
+        if isinstance(n_pos, int) and n_pos - cfg.sampling.max_new_tokens < max_len:
+            max_len, name = n_pos - cfg.sampling.max_new_tokens, f"model context {n_pos} - sampling.max_new_tokens"
+            if max_len < 1:
+                raise InpoError(f"sampling.max_new_tokens={cfg.sampling.max_new_tokens} leaves no room for a prompt "
+                                f"in the model's context of {n_pos} positions")
+        kw: dict[str, Any] = {"max_length": max_len, "too_long": d.too_long, "max_length_name": name}
+        train_p, skipped = load_prompts(d.prompts, tokenizer, split=d.split, limit=d.num_prompts, **kw)
         if skipped:
-            console.print(f"[yellow]skipped {skipped} prompts longer than data.max_prompt_length[/]")
+            console.print(f"[yellow]skipped {skipped} prompts longer than {name}={max_len}[/]")
         if d.eval_prompts is not None:
-            eval_p, _ = load_prompts(d.eval_prompts, tokenizer, max_length=d.max_prompt_length,
-                                     too_long=d.too_long, limit=d.num_eval_prompts)
+            eval_p, _ = load_prompts(d.eval_prompts, tokenizer, limit=d.num_eval_prompts, **kw)
         else:
             eval_p = train_p[: d.num_eval_prompts]
     if d.num_prompts is not None:
