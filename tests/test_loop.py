@@ -166,6 +166,8 @@ def test_loop_writes_every_artifact_and_resume_is_bit_identical(tmp_path: Path, 
     assert [r["iteration"] for r in rows] == [0, 1, 2]
     for name in ("config.yaml", "metrics.jsonl", "state.json", "metrics.png"):
         assert (out / name).is_file(), name
+    # log_with="auto" logs to tensorboard (installed with the test extra) through accelerate's trackers
+    assert list((out / "logs").rglob("events.out.tfevents.*")), "no tensorboard event file"
     for t in (1, 2):
         model = AutoModelForCausalLM.from_pretrained(out / f"iter_{t}")
         AutoTokenizer.from_pretrained(out / f"iter_{t}")
