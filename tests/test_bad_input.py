@@ -452,6 +452,31 @@ def test_no_pad_token_works_and_too_long_prompts_are_skipped_with_a_count(
     assert rows_out[1]["train/pairs"] == 4 * 3 * 2  # 4 prompts kept (1 skipped) x K(K-1) ordered pairs, K=3
 
 
+@pytest.mark.parametrize("too_long", ["skip", "error"])
+def test_prompt_plus_response_longer_than_the_model_context(too_long: str, ref_dir: Path, tmp_path: Path,
+                                                            monkeypatch, capsys) -> None:
+    """A GPT-2 (learned positions, n_positions=16) with max_new_tokens=6: a 12-token prompt does not fit."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    model = tmp_path / "gpt2"
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=43, n_positions=16, n_embd=32, n_layer=1, n_head=2, bos_token_id=1,
+                               eos_token_id=2)).save_pretrained(model)
+    AutoTokenizer.from_pretrained(ref_dir).save_pretrained(model)
+    long = "topic1 w3 w4 w5 w6 w7 w8 w9 w10 w11 :"  # 12 tokens with <bos>: 12 + 6 > 16
+    prompts = write_prompts(tmp_path / "prompts.jsonl", [{"prompt": p} for p in GOOD_PROMPTS] + [{"prompt": long}])
+    cfg = user_cfg(tmp_path, model, prompts, data={"too_long": too_long})
+    if too_long == "error":
+        expect_error(monkeypatch, capsys, ["train", str(cfg)], "row 5", "12 tokens",
+                     "model context 16 - sampling.max_new_tokens=10", fresh_out=tmp_path / "out")
+        return
+    use_judge(monkeypatch, CallableJudge(length_judge))
+    code, out, err = cli_full(monkeypatch, capsys, "train", str(cfg))
+    assert code == 0, err
+    assert "skipped 1 prompts longer than model context 16 - sampling.max_new_tokens=10" in out
+    assert (tmp_path / "out" / "iter_1" / "model.safetensors").is_file()
+
+
 # --------------------------------------------------------------------------------------------------
 # 4. failures inside the loop: judge, NaN loss, full disk (the previous checkpoint and metrics survive)
 # --------------------------------------------------------------------------------------------------
