@@ -269,7 +269,18 @@ class RunDir:
         p = self.path / "metrics.jsonl"
         if not p.exists():
             return []
-        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        rows = []
+        for n, line in enumerate(p.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InpoError(f"{p}: line {n}: damaged metrics row ({e.msg})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("iteration"), int):
+                raise InpoError(f"{p}: line {n}: damaged metrics row (no integer 'iteration')")
+            rows.append(row)
+        return rows
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
         atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
