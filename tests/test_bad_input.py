@@ -320,6 +320,27 @@ def test_resume_together_with_a_config(tmp_path: Path, finished_run: Path, monke
     expect_error(monkeypatch, capsys, ["train", str(cfg), "--resume", str(finished_run)], "not both")
 
 
+def test_damaged_metrics_file(finished_run: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"iteration": 3, "loss/tr\n')
+    expect_error(monkeypatch, capsys, ["train", "--resume", str(run_dir), "-q"], "metrics.jsonl", "line 4",
+                 "damaged metrics row")
+
+
+def test_keyboard_interrupt_is_one_line_with_exit_130(tmp_path: Path, cache: Path, monkeypatch, capsys) -> None:
+    import inpo.loop
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(inpo.loop, "run", interrupted)
+    cfg = write_yaml(tmp_path / "cfg.yaml", tiny(tmp_path / "out", cache))
+    code, err = cli(monkeypatch, capsys, "train", str(cfg))
+    assert code == 130 and "Traceback" not in err and not err.strip()  # typer: quiet exit 130 on Ctrl-C
+
+
 def test_corrupt_state_file(finished_run: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     run_dir = tmp_path / "run"
     shutil.copytree(finished_run, run_dir)
