@@ -11,7 +11,8 @@
    Labels are noisy like human annotators: ``a`` is chosen with probability ``P_true(a > b | x)``
    (Bernoulli), the ground-truth task judge. The Bayes accuracy on such labels is ``E[max(P, 1 - P)]``.
 2. Judges: ``train_judge(prefs.jsonl, kind, "builtin-tiny", ...)`` for GPM and BT (random tiny Llama, word
-   tokenizer over the data; the script checks that every task word is in its vocabulary). Printed per
+   tokenizer over the data; the script checks that every task word is in its vocabulary; ``--base ref`` starts
+   from the task's SFT model directory instead). Printed per
    judge: held-out accuracy (20% of the prompts), the realised Bayes accuracy on the same held-out rows
    (the ground-truth judge scored on the noisy labels), agreement with the noiseless preference, ECE, and on
    the eval prompts the largest error of the learned action game and the true duality gap of its Nash
@@ -183,6 +184,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-4,
                     help="judge AdamW lr (1e-3, the judge default, stays at the collapsed s = 0 solution here)")
     ap.add_argument("--dim", type=int, default=4)
+    ap.add_argument("--base", default="builtin-tiny", help="judge backbone: builtin-tiny, 'ref' (the task's SFT "
+                    "model directory) or a model directory")
     ap.add_argument("--sft-cache", default="runs/.cache")
     ap.add_argument("--skip-inpo", action="store_true", help="judges only")
     args = ap.parse_args()
@@ -208,9 +211,10 @@ def main() -> None:
           file=sys.stderr, flush=True)
 
     judges: dict[str, dict] = {}
+    base = str(ref_dir) if args.base == "ref" else args.base
     for kind in args.kinds.split(","):
         t0 = time.perf_counter()
-        res = train_judge(data, kind, "builtin-tiny", args.out / f"judge-{kind}", cfg)
+        res = train_judge(data, kind, base, args.out / f"judge-{kind}", cfg)
         assert res.out_dir is not None
         missing = vocab_coverage(res.out_dir, task)
         if missing:
