@@ -6,7 +6,7 @@ from its ``metrics.jsonl``. An iteration's wall time is measured checkpoint to c
 ``iter_<t-1>/`` and ``iter_<t>/``), so it includes the previous iterate's evaluation; the first one starts
 after the iteration-0 evaluation, at the mtime of ``stages/iter_0/eval_ref_samples.pt``.
 
-    python bench/iteration_bench.py            # default: 5 iterations
+    python bench/iteration_bench.py            # the default run (RunConfig.iterations iterations)
 """
 
 from __future__ import annotations

@@ -34,8 +34,9 @@ def main() -> int:
     p.add_argument("--json", type=Path, help="also write all raw results here")
     p.add_argument("--repeats-small", type=int, default=3)
     p.add_argument("--repeats-large", type=int, default=2)
-    p.add_argument("--iterations", type=int, default=None, help="inpo train -T (default: the default run, 5)")
+    p.add_argument("--iterations", type=int, default=None, help="inpo train -T (default: the default run)")
     p.add_argument("--quick", action="store_true", help="smoke test of this script: 32 pairs, 1 repeat, -T 1")
+    p.add_argument("--from-json", type=Path, help="print the table of a previous run's --json file; run nothing")
     a = p.parse_args()
     extra = ["--pairs", "32"] if a.quick else []
     if a.quick:
@@ -51,13 +52,19 @@ def main() -> int:
         print(f"[{name}: {time.perf_counter() - t0:.0f} s]", file=sys.stderr, flush=True)
         return out
 
-    small = timed("train 3M", ["bench/train_vs_trl.py", "--sizes", "3M", "--repeats", str(a.repeats_small), *extra])
-    large = timed("train 25M", ["bench/train_vs_trl.py", "--sizes", "25M", "--repeats", str(a.repeats_large), *extra])
-    loss = timed("IPO loss check", ["bench/train_vs_trl.py", "--check-loss", "--size", "3M"])
-    sampling = timed("sampling", ["bench/sampling_bench.py"] + (["--repeats", "1"] if a.quick else []))
-    it_args = ["bench/iteration_bench.py"] + (["-T", str(a.iterations)] if a.iterations else [])
-    iteration = timed("inpo train", it_args)
-    raw.update({"train_3M": small, "train_25M": large, "ipo_loss": loss, "sampling": sampling, "iteration": iteration})
+    if a.from_json:
+        raw = json.loads(a.from_json.read_text())
+    else:
+        it_args = ["bench/iteration_bench.py"] + (["-T", str(a.iterations)] if a.iterations else [])
+        raw["train_3M"] = timed("train 3M", ["bench/train_vs_trl.py", "--sizes", "3M", "--repeats",
+                                              str(a.repeats_small), *extra])
+        raw["train_25M"] = timed("train 25M", ["bench/train_vs_trl.py", "--sizes", "25M", "--repeats",
+                                                str(a.repeats_large), *extra])
+        raw["ipo_loss"] = timed("IPO loss check", ["bench/train_vs_trl.py", "--check-loss", "--size", "3M"])
+        raw["sampling"] = timed("sampling", ["bench/sampling_bench.py"] + (["--repeats", "1"] if a.quick else []))
+        raw["iteration"] = timed("inpo train", it_args)
+    small, large, loss = raw["train_3M"], raw["train_25M"], raw["ipo_loss"]
+    sampling, iteration = raw["sampling"], raw["iteration"]
     limit = max(small["matmul_flops_per_s"]["cpu"], large["matmul_flops_per_s"]["cpu"])
     limit_wall = max(small["matmul_flops_per_s"]["wall"], large["matmul_flops_per_s"]["wall"])
 
@@ -68,6 +75,12 @@ def main() -> int:
         rows.append((f"train pairs/s, {label}, CPU time", fmt(o), fmt(t), f"{o / t:.2f}", ">= 1.5", o / t >= 1.5))
         o, t = r["ours"]["wall"]["pairs_per_s"], r["trl"]["wall"]["pairs_per_s"]
         rows.append((f"train pairs/s, {label}, wall time", fmt(o), fmt(t), f"{o / t:.2f}", "(info)", None))
+        o, t = r["ours"]["cpu"]["train_s"], r["trl"]["cpu"]["train_s"]
+        rows.append((f"training phase only (same work), {label}, CPU s", fmt(o), fmt(t), f"{t / o:.2f} (speed)",
+                     "(info)", None))
+        o, t = r["ours"]["cpu"]["precompute_s"], r["trl"]["cpu"]["precompute_s"]
+        rows.append((f"log-prob precompute, {label}, CPU s (ours: pi_ref + pi_t; TRL: pi_ref)", fmt(o), fmt(t),
+                     f"{t / o:.2f} (speed)", "(info)", None))
         o, t = r["ours"]["peak_rss_mb"], r["trl"]["peak_rss_mb"]
         rows.append((f"peak RSS MB, {label}", fmt(o), fmt(t), f"{o / t:.2f}", "<= 1.0", o / t <= 1.0))
         o, t = r["ours"]["peak_increase_mb"], r["trl"]["peak_increase_mb"]
@@ -99,8 +112,8 @@ def main() -> int:
                  "(info)", None))
 
     games = BENCH_DIR / "games_bench.py"
-    games_out = ""
-    if games.exists():
+    games_out = raw.get("games", "")
+    if games.exists() and not a.from_json:
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, str(games)], capture_output=True, text=True, cwd=ROOT,
                               env={**os.environ, **THREAD_ENV}, timeout=1800)
