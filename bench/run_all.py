@@ -130,7 +130,8 @@ def main() -> int:
     if games_out:
         print("\ngames (bench/games_bench.py):\n" + games_out)
     missed = [r[0] for r in rows if r[5] is False]
-    print(f"\n{len(missed)} target(s) missed; threads={THREADS}; total {time.perf_counter() - t_start:.0f} s")
+    took = "" if a.from_json else f"; total {time.perf_counter() - t_start:.0f} s"
+    print(f"\n{len(missed)} target(s) missed; threads={raw['threads']}{took}")
     if a.json:
         a.json.write_text(json.dumps({**raw, "rows": rows}, indent=1))
     return 1 if missed else 0
