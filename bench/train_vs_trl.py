@@ -206,6 +206,25 @@ def check_loss(size: str) -> dict:
             "same_tokens": same_tokens, "eos_id": EOS}
 
 
+def padding_ratios(n_pairs: int = N_PAIRS) -> dict:
+    """Padded tokens / real tokens of one epoch's training batches (16 pairs = 32 right-padded sequences):
+    random steps (the loop and TRL) vs steps of similar lengths (``bucketed_randperm``)."""
+    data = make_pairs(n_pairs)
+    lengths = [len(p) + max(len(c), len(r)) for p, c, r in zip(data.prompts, data.chosen, data.rejected, strict=True)]
+    g = torch.Generator().manual_seed(0)
+    orders = {"random": torch.randperm(n_pairs, generator=g).tolist(),
+              "bucketed": bucketed_randperm(lengths, BATCH_PAIRS)(n_pairs, generator=g).tolist()}
+    out = {}
+    for name, order in orders.items():
+        padded = 0
+        for s in range(0, n_pairs, BATCH_PAIRS):
+            idx = order[s : s + BATCH_PAIRS]
+            seqs = [len(data.prompts[i]) + len(x[i]) for x in (data.chosen, data.rejected) for i in idx]
+            padded += max(seqs) * len(seqs)
+        out[name] = padded / data.tokens()
+    return out
+
+
 def compare(sizes: list[str], repeats: int, variant: str = "", n_pairs: int = N_PAIRS) -> dict:
     """Interleaved fresh-process runs; medians per (size, impl); ratios ours/TRL; FLOP fraction vs torch.mm."""
     data = make_pairs(n_pairs)
@@ -256,12 +275,15 @@ def main() -> None:
     p.add_argument("--variant", default="",
                    help="ours with proposed fixes: fused_adamw, head_on_response, bucketed (a+b)")
     p.add_argument("--check-loss", action="store_true")
+    p.add_argument("--padding", action="store_true", help="padded/real tokens of random vs bucketed steps")
     a = p.parse_args()
     set_threads()
     if a.worker == "ours":
         print(json.dumps(run_ours(a.size, make_pairs(a.pairs), a.variant)))
     elif a.worker == "trl":
         print(json.dumps(run_trl(a.size, make_pairs(a.pairs))))
+    elif a.padding:
+        print(json.dumps(padding_ratios(a.pairs)))
     elif a.check_loss:
         print(json.dumps(check_loss(a.size)))
     else:
