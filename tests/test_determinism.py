@@ -10,27 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import TINY_TASK
 
 from inpo.config import build_config
 from inpo.loop import run
 
 pytestmark = pytest.mark.filterwarnings("ignore:sft.*:UserWarning")  # the tiny SFT is deliberately short
 
-TINY_TASK = {"n_train_prompts": 8, "n_eval_prompts": 4, "sft_steps": 40, "n_sft_prompts": 128}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """SFT cache shared by every module of the session (the reference is keyed by its config hash)."""
-    return tmp_path_factory.getbasetemp() / "shared_sft_cache"
 
 
 def tiny(out: Path, cache: Path, algo: str, seed: int = 0, iterations: int = 2):

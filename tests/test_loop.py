@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import TINY_TASK
 
 from inpo import losses
 from inpo.algorithms import ALGORITHMS, build_pairs
@@ -16,12 +17,10 @@ from inpo.config import build_config
 from inpo.logprobs import batched_sequence_logprobs, collate, sequence_logprobs
 from inpo.loop import Samples, build_setup, run, train_on_pairs
 
-TINY_TASK = {"n_train_prompts": 8, "n_eval_prompts": 4, "sft_steps": 40, "n_sft_prompts": 128}
-
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("sft_cache")
+def cache_dir(cache: Path) -> Path:
+    return cache
 
 
 def tiny_cfg(out: Path, cache: Path, **over: object) -> object:

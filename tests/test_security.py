@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tiny import TINY_TASK
 
 import inpo
 from inpo.cli import main
@@ -30,23 +31,10 @@ from inpo.judges.api import OpenAIPairwiseJudge as APIJudge
 
 pytestmark = pytest.mark.filterwarnings("ignore:sft.*:UserWarning")  # the tiny SFT is deliberately short
 
-TINY_TASK = {"n_train_prompts": 8, "n_eval_prompts": 4, "sft_steps": 40, "n_sft_prompts": 128}
 SECRETS = {"OPENAI_API_KEY": "sk-test-SECRET-4f9a", "HF_TOKEN": "hf_SECRET_b71c", "WANDB_API_KEY": "SECRET-wandb-0d2e"}
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """SFT cache shared by every module of the session (the reference is keyed by its config hash)."""
-    return tmp_path_factory.getbasetemp() / "shared_sft_cache"
 
 
 def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
