@@ -220,3 +220,19 @@ def test_lora_run_saves_peft_adapters_and_ref_is_the_disabled_adapter(tmp_path: 
         ref = AutoModelForCausalLM.from_pretrained(ref_dir)(input_ids=ids).logits
     assert torch.allclose(plain, ref, atol=1e-6)  # adapter disabled == pi_ref
     assert not torch.allclose(tuned, ref, atol=1e-4)  # the adapter was trained
+
+
+def test_length_grouped_order_is_a_seeded_permutation_of_length_sorted_steps() -> None:
+    from inpo.loop import length_grouped_order
+
+    k, n = 2, 10
+    lengths = [7, 3, 9, 1, 5, 8, 2, 6, 4, 10]  # longest sequence of prompt i
+    samples = Samples([[0] * lengths[i] for i in range(n)], [[1] for _ in range(n * k)], k)
+    prompts = torch.arange(n)
+    order = length_grouped_order(prompts, samples, 3, torch.Generator().manual_seed(0))
+    assert sorted(order.tolist()) == list(range(n))
+    steps = [sorted(lengths[int(i)] + 1 for i in s) for s in torch.split(order, 3)]
+    expected = [[2, 3, 4], [5, 6, 7], [8, 9, 10], [11]]  # sorted lengths cut into steps of 3, in some order
+    assert sorted(steps) == expected and len(order) == n
+    again = length_grouped_order(prompts, samples, 3, torch.Generator().manual_seed(0))
+    assert torch.equal(order, again)

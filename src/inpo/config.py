@@ -121,6 +121,7 @@ class TrainConfig(_Frozen):
     max_grad_norm: float = 1.0
     weight_decay: float = Field(default=0.0, ge=0)
     logprob_batch_size: int = Field(default=256, gt=0)
+    group_by_length: bool = Field(default=False, description="steps of prompts with similar lengths (less padding)")
 
     @field_validator("lr", "max_grad_norm")
     @classmethod

@@ -43,10 +43,23 @@ def token_logprobs(logits: Tensor, input_ids: Tensor) -> Tensor:
 def sequence_logprobs(
     model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor
 ) -> Tensor:
-    """Summed response log-probs per row (differentiable; wrap in ``torch.no_grad`` to cache)."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    lp = token_logprobs(logits, input_ids)
-    return (lp * response_mask[:, 1:]).sum(-1)
+    """Summed response log-probs per row (differentiable; wrap in ``torch.no_grad`` to cache).
+
+    The LM head (and its softmax over the vocabulary) runs only from the first position that predicts a
+    response token in any row (``logits_to_keep``): prompt positions cost the trunk but not the head, the
+    dominant cost of small models with large vocabularies and of long prompts. Models whose forward does
+    not take ``logits_to_keep`` get full logits.
+    """
+    first = int(response_mask.float().argmax(-1).min())  # earliest response token over the batch
+    keep = input_ids.shape[1] - max(first - 1, 0)  # positions first-1 .. L-1 predict tokens first .. L
+    try:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                       logits_to_keep=keep).logits
+    except TypeError:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    start = input_ids.shape[1] - logits.shape[1]
+    lp = token_logprobs(logits, input_ids[:, start:])
+    return (lp * response_mask[:, start + 1 :]).sum(-1)
 
 
 @torch.no_grad()

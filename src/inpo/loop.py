@@ -525,7 +525,8 @@ def train_on_pairs(
     weight_seen = 0.0
     policy.train()
     for epoch in range(tc.epochs):
-        order = prompts[torch.randperm(len(prompts), generator=g)]
+        order = (length_grouped_order(prompts, samples, tc.batch_size, g) if tc.group_by_length
+                 else prompts[torch.randperm(len(prompts), generator=g)])
         for s in range(steps_per_epoch):
             step_prompts = order[s * tc.batch_size : (s + 1) * tc.batch_size]
             step_weight = pairs.weight[torch.isin(pairs.prompt, step_prompts)].sum()
@@ -587,6 +588,21 @@ def train_on_pairs(
         sums = {k: sum(p[0].get(k, 0.0) for p in parts) for k in parts[0][0]}
         weight_seen = sum(p[1] for p in parts)
     return {k: v / max(weight_seen, 1e-12) for k, v in sums.items()}
+
+
+def length_grouped_order(prompts: torch.Tensor, samples: Samples, batch_size: int, g: torch.Generator
+                         ) -> torch.Tensor:
+    """Prompts sorted by their longest sequence (prompt + longest response), cut into steps of
+    ``batch_size`` and the full steps shuffled (seeded), a shorter remainder step last (so that cutting the
+    result every ``batch_size`` gives back the steps): batches of similar lengths waste less padding."""
+    k = samples.k
+    longest = torch.tensor([len(samples.prompt_ids[int(i)]) + max(len(samples.responses[int(i) * k + j])
+                                                                  for j in range(k)) for i in prompts])
+    by_length = prompts[torch.argsort(longest, stable=True)]
+    steps = list(torch.split(by_length, batch_size))
+    full = [st for st in steps if len(st) == batch_size]
+    rest = [st for st in steps if len(st) < batch_size]
+    return torch.cat([full[int(i)] for i in torch.randperm(len(full), generator=g)] + rest)
 
 
 def evaluate_policy(setup: Setup, policy: torch.nn.Module, cfg: RunConfig, run: RunDir, t: int, *,
@@ -775,8 +791,13 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet:
                     models["prev"] = anchor if anchor is not None else accelerator.unwrap_model(policy)
                 if algo.needs_history:
                     models.update(history_models(rundir, setup, accelerator.unwrap_model(policy), t, cfg))
+                same_as_ref = t == 1 and step == 0 and "ref" in models and "prev" in models
+                if same_as_ref:  # pi_1 = pi_ref: one pass serves both anchors
+                    del models["prev"]
                 cache = sharded_stage(accelerator, rundir.stage(t, f"s{step}_logps"), logprob_stage, n_prompts,
                                       models, samples, pad_id=setup.pad_id, batch_size=cfg.train.logprob_batch_size)
+                if same_as_ref:
+                    cache["prev"] = cache["ref"]
                 if algo.needs_history:
                     cache["hist"] = torch.stack([cache[f"hist{j}"] for j in range(len(cfg.algo.mnpo_weights))], -1)
                 times["time/logprobs"] += time.perf_counter() - t0
