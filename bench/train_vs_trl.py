@@ -113,7 +113,9 @@ def run_ours(size: str, data: PairData, variant: str = "") -> dict:
     apply_variant(variant, data)
     model = make_model(size)
     ref = copy.deepcopy(model).requires_grad_(False).eval()
-    cfg = RunConfig(train=TrainConfig(batch_size=BATCH_PAIRS, epochs=EPOCHS, lr=LR, warmup_ratio=0.0))
+    # group_by_length: our steps hold prompts of similar lengths (TRL's DPOTrainer pads random batches)
+    cfg = RunConfig(train=TrainConfig(batch_size=BATCH_PAIRS, epochs=EPOCHS, lr=LR, warmup_ratio=0.0,
+                                      group_by_length=not variant))
     accelerator = Accelerator(cpu=True)
     policy = accelerator.prepare(model)
     n = len(data.prompts)
