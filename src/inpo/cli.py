@@ -42,9 +42,7 @@ def train(
     set_: list[str] = typer.Option([], "--set", help="Override a config field: --set algo.eta=2 (repeatable)."),
 ) -> None:
     """Run iterative Nash policy optimization (sample -> judge -> pairs -> train) and evaluate each iterate."""
-    import time
-
-    from inpo.config import load_config, parse_overrides
+    from inpo.config import load_config, parse_overrides, resolve_output_dir
 
     overrides = parse_overrides(set_)
     if resume is not None:
@@ -54,26 +52,14 @@ def train(
         if not config.is_file():
             raise InpoError(f"{resume}: nothing to resume (no config.yaml)")
         overrides.setdefault("output_dir", str(resume))
-    for key, value in (("algo", {"name": algo}), ("iterations", iterations), ("seed", seed),
-                       ("output_dir", output_dir)):
-        if value is not None and value != {"name": None}:
-            overrides[key] = {**overrides.get(key, {}), **value} if isinstance(value, dict) else value
-    cfg = load_config(config, overrides)
-    if resume is None and output_dir is None and "output_dir" not in overrides and (
-        config is None or "output_dir" not in (yaml_keys(config))
-    ):
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        cfg = cfg.model_copy(update={"output_dir": f"runs/{cfg.algo.name}-{stamp}"})
+    flags = {"iterations": iterations, "seed": seed, "output_dir": output_dir}
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    if algo is not None:
+        overrides.setdefault("algo", {})["name"] = algo
+    cfg = resolve_output_dir(load_config(config, overrides))
     from inpo.loop import run  # imported after the config is valid: config errors come instantly
 
     run(cfg, resume=resume is not None, overwrite=overwrite, quiet=quiet)
-
-
-def yaml_keys(path: Path) -> set[str]:
-    import yaml
-
-    data = yaml.safe_load(path.read_text()) or {}
-    return set(data) if isinstance(data, dict) else set()
 
 
 @app.command("eval")

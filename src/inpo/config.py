@@ -139,7 +139,7 @@ class TaskConfig(_Frozen):
 
 
 class RunConfig(_Frozen):
-    output_dir: str = "runs/default"  # the CLI picks runs/<algo>-<time> when none is given
+    output_dir: str | None = None  # None: runs/<algo>-<YYYYmmdd-HHMMSS> (see resolve_output_dir)
     iterations: int = Field(default=6, gt=0)
     seed: int = 0
     peft: PeftConfig | None = None
@@ -166,6 +166,19 @@ class RunConfig(_Frozen):
         if self.model.path is not None and self.judge.path == "builtin":
             raise ValueError("judge.path is required when model.path is set ('builtin' is the task's judge)")
         return self
+
+
+def resolve_output_dir(cfg: RunConfig) -> RunConfig:
+    """The config with ``output_dir`` set: unset means a new ``runs/<algo>-<time>``. Under several processes
+    (``WORLD_SIZE`` > 1) each would pick its own time, so the directory must be given."""
+    if cfg.output_dir is not None:
+        return cfg
+    import os
+    import time
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise InpoError("output_dir: set it (config or -o) for multi-process runs")
+    return cfg.model_copy(update={"output_dir": f"runs/{cfg.algo.name}-{time.strftime('%Y%m%d-%H%M%S')}"})
 
 
 def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:

@@ -706,6 +706,9 @@ def progress_bars(enabled: bool) -> Iterator[Progress]:
 def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
         console: Console | None = None) -> list[dict[str, Any]]:
     """Run (or resume) the iterative loop described in the module docstring; return metrics rows."""
+    from inpo.config import resolve_output_dir
+
+    cfg = resolve_output_dir(cfg)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
