@@ -424,10 +424,13 @@ class Samples:
     k: int
 
 
-def judge_matrices(judge: Judge, prompts: list[Prompt], texts: list[str], k: int) -> torch.Tensor:
+def judge_matrices(judge: Judge, prompts: list[Prompt], texts: list[str], k: int,
+                   progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """[N, K, K] preference matrices; checks the judge's output (finite, in [0, 1], antisymmetric)."""
     out = []
     for i, p in enumerate(prompts):
+        if progress is not None:
+            progress(1)
         try:
             m = judge.matrix(p.text, texts[i * k : (i + 1) * k])
         except InpoError as e:
@@ -781,8 +784,9 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet:
                 # 2. judge every prompt's K x K matrix
                 t0 = time.perf_counter()
                 texts = setup.tokenizer.batch_decode(responses, skip_special_tokens=True)
+                bar = bars.add_task(f"iter {t} judge", total=len(prompt_ids))
                 matrices = sharded_stage(accelerator, rundir.stage(t, f"s{step}_judgements"), judge_stage, n_prompts,
-                                         setup.judge, setup.train_prompts, texts, samples.k)
+                                         setup.judge, setup.train_prompts, texts, samples.k, partial(bars.advance, bar))
                 times["time/judge"] += time.perf_counter() - t0
 
                 # 3. cache log-probs of the anchors (no grad, length-sorted batches)
@@ -923,8 +927,10 @@ def sample_stage(
     return [r for rs in nested for r in rs]
 
 
-def judge_stage(idx: list[int], judge: Judge, prompts: list[Prompt], texts: list[str], k: int) -> torch.Tensor:
-    return judge_matrices(judge, [prompts[i] for i in idx], [texts[i * k + j] for i in idx for j in range(k)], k)
+def judge_stage(idx: list[int], judge: Judge, prompts: list[Prompt], texts: list[str], k: int,
+                progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    return judge_matrices(judge, [prompts[i] for i in idx], [texts[i * k + j] for i in idx for j in range(k)], k,
+                          progress)
 
 
 def logprob_stage(idx: list[int], models: dict[str, torch.nn.Module], samples: Samples, *, pad_id: int,
