@@ -1,10 +1,11 @@
-"""The loop under `accelerate launch --num_processes 2 --cpu` (gloo) matches a single-process run.
+"""The loop under two gloo processes (`accelerate launch --config_file configs/accelerate/cpu_2proc.yaml`)
+matches a single-process run.
 
 Sampling differs by process (each shard draws its own random stream), so the comparison fixes the data:
 a single-process run writes iteration 1's stages (samples, judgements, cached log-probs); its checkpoint
 and state are removed and the run is resumed by two processes, which shard the prompts, split every
 step's micro-batches and synchronize gradients (DDP). The trained weights must equal the single-process
-weights up to float summation order.
+weights up to float summation order (mean |difference| ~1e-8 against a mean update ~1e-3).
 """
 
 from __future__ import annotations
@@ -48,15 +49,19 @@ def test_two_processes_train_like_one(tmp_path: Path) -> None:
     shutil.rmtree(single / "iter_1")
     state = json.loads((single / "state.json").read_text())
     (single / "state.json").write_text(json.dumps({**state, "completed_iterations": 0}))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu", "-m", "inpo", "train", "--resume",
-           str(single), "-q"]
+    # `--num_processes 2 --cpu` alone starts ONE process; this config starts two gloo processes (torchrun)
+    two_procs = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "cpu_2proc.yaml"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(two_procs), "-m", "inpo", "train",
+           "--resume", str(single), "-q"]
     proc = subprocess.run(cmd, env=env, timeout=600, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = load_file(single / "iter_1" / "model.safetensors")
+    ref = load_file(next((tmp_path / "cache").rglob("model.safetensors")))
     assert got.keys() == expected.keys()
-    moved = 0
-    for name, w in expected.items():
-        assert torch.allclose(got[name], w, atol=2e-6, rtol=0), (name, (got[name] - w).abs().max())
-        moved += int(not torch.equal(w, load_file(next((tmp_path / "cache").rglob("model.safetensors")))[name]))
-    assert moved > 0
+    diff = torch.cat([(got[n] - expected[n]).abs().flatten() for n in expected])
+    moved = torch.cat([(expected[n] - ref[n]).abs().flatten() for n in expected])
+    # all-reduce sums in another order, and Adam's normalized step amplifies that rounding on near-zero
+    # gradients, so equality is up to rounding: mean difference ~1e-8 against a mean update ~1e-3
+    # (a wrong gradient scale or a learning-rate schedule stepped once per process moves weights ~1e-3)
+    assert moved.mean() > 1e-4
+    assert diff.mean() < 1e-6 and diff.max() < 2e-4, (diff.mean(), diff.max())

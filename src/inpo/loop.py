@@ -501,8 +501,14 @@ def train_on_pairs(
     pad_id: int,
     seed: int,
     on_step: Callable[[], None] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> dict[str, float]:
     """E epochs of AdamW on the algorithm's loss over the pairs. Returns mean metrics.
+
+    ``optimizer``: the run's AdamW, prepared together with the policy (what DeepSpeed / FSDP require); its
+    state is cleared so every iteration starts a fresh AdamW, as the papers do. Without it, one is made
+    here. The learning-rate schedule is a plain ``LambdaLR`` stepped once per optimizer step (accelerate's
+    scheduler wrapper would step it once per process).
 
     A step takes ``train.batch_size`` prompts with all their pairs, split into ``train.grad_accum``
     micro-batches; each micro-batch's weighted loss is divided by the step's total weight, so
@@ -518,9 +524,13 @@ def train_on_pairs(
     def lr_factor(s: int) -> float:  # linear warm-up, then linear decay
         return (s + 1) / (warmup + 1) if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
 
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
+    if optimizer is None:
+        optimizer = accelerator.prepare(
+            torch.optim.AdamW(policy.parameters(), lr=tc.lr, weight_decay=tc.weight_decay))
+    inner = getattr(optimizer, "optimizer", optimizer)  # the torch optimizer inside accelerate's wrapper
+    inner.state.clear()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(inner, lr_factor)
     device = accelerator.device
     g = torch.Generator().manual_seed(seed)
     lengths = torch.tensor([len(r) for r in samples.responses], dtype=torch.float32)
@@ -744,7 +754,9 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet:
         policy = load_policy(rundir.iter_dir(done), cfg, setup.ref_path)
         if cfg.peft is not None:
             setup.ref = AdapterDisabled(policy)
-    policy = accelerator.prepare(policy)
+    # one AdamW for the run, prepared with the policy in one call; train_on_pairs resets it every iteration
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    policy, optimizer = accelerator.prepare(policy, optimizer)
     if cfg.peft is None:
         setup.ref.to(accelerator.device)
     rows = [r for r in rundir.read_metrics() if r["iteration"] <= done]
@@ -823,7 +835,7 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet:
                 try:
                     train_metrics = train_on_pairs(policy, accelerator, algo, cfg, samples, pairs, cache, wr,
                                                    pad_id=setup.pad_id, seed=seed_for(cfg, t, step, "train"),
-                                                   on_step=partial(bars.advance, bar))
+                                                   on_step=partial(bars.advance, bar), optimizer=optimizer)
                 except NonFiniteError as e:
                     kept = rundir.iter_dir(t - 1).name if t > 1 else "pi_ref"
                     raise NonFiniteError(f"iteration {t}: {e} ({kept})") from None
