@@ -547,8 +547,9 @@ def train_on_pairs(
             n_micro = min(tc.grad_accum, len(step_prompts)) if world == 1 else tc.grad_accum * world
             for micro in torch.tensor_split(step_prompts, n_micro)[rank::world]:
                 idx = torch.nonzero(torch.isin(pairs.prompt, micro)).squeeze(-1)
-                if len(idx) == 0:  # every process must join each backward (DDP): a zero contribution
-                    accelerator.backward(sum(p.sum() for p in policy.parameters()) * 0.0)
+                if len(idx) == 0:  # every process must join each forward and backward (DDP): a zero contribution
+                    dummy = torch.full((1, 1), pad_id, dtype=torch.long, device=device)
+                    accelerator.backward(policy(input_ids=dummy, use_cache=False).logits.sum() * 0.0)
                     continue
                 c, r = pairs.chosen[idx], pairs.rejected[idx]
                 uniq, inv = torch.unique(torch.cat([c, r]), return_inverse=True)
