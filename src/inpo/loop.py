@@ -73,6 +73,9 @@ class Setup:
 
 def load_causal_lm(path: str | Path, *, trust_remote_code: bool = False) -> torch.nn.Module:
     from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one line per load is noise in our own progress display
 
     p = Path(path)
     if not p.exists():
