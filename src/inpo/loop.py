@@ -690,16 +690,25 @@ def write_plots(run: RunDir, rows: list[dict[str, Any]]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    keys = [("pref/win_rate", "win rate vs pi_ref"), ("game/duality_gap", "duality gap")]
-    keys = [k for k in keys if any(k[0] in r for r in rows)]
-    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False)
-    for ax, (key, label) in zip(axes[0], keys, strict=True):
-        pts = [(r["iteration"], r[key]) for r in rows if key in r]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
+    panels = [  # (title, [(metric, legend)]): a panel is drawn when one of its metrics was recorded
+        ("win rate vs pi_ref", [("pref/win_rate", "judge, sampled (both orders)"),
+                                ("game/win_rate_vs_ref", "exact (task game)")]),
+        ("duality gap", [("game/duality_gap", "plain"), ("game/reg_duality_gap", "tau-regularized")]),
+    ]
+    panels = [(t, [c for c in curves if any(c[0] in r for r in rows)]) for t, curves in panels]
+    panels = [(t, curves) for t, curves in panels if curves]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
+    for ax, (title, curves) in zip(axes[0], panels, strict=True):
+        for key, legend in curves:
+            pts = [(r["iteration"], r[key]) for r in rows if key in r]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=legend)
         ax.set_xlabel("iteration")
-        ax.set_title(label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(title)
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     tmp = run.path / ".metrics.png.tmp.png"
     fig.savefig(tmp, dpi=100)
