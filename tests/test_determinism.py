@@ -1,4 +1,4 @@
-"""Same config + seed -> identical metrics.jsonl (without ``time/*``) and identical weights, bit for bit;
+"""Same config + seed -> identical metrics.jsonl (without the wall-clock ``time/*``, ``perf/*``) and identical weights, bit for bit;
 another seed -> different weights (so the comparison can fail)."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def tiny(out: Path, cache: Path, algo: str, seed: int = 0, iterations: int = 2):
 
 def metrics_without_time(run_dir: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+    return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in rows]
 
 
 def weights(run_dir: Path, t: int) -> dict[str, torch.Tensor]:
@@ -52,8 +52,8 @@ def test_same_seed_same_run_bit_for_bit(tmp_path: Path, cache: Path, algo: str) 
     random.seed(99)
     rows_b = run(tiny(tmp_path / "b", cache, algo), quiet=True)
     assert [r["iteration"] for r in rows_a] == [0, 1, 2]
-    strip = [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows_a]
-    assert strip == [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows_b]
+    strip = [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in rows_a]
+    assert strip == [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in rows_b]
     assert metrics_without_time(tmp_path / "a") == metrics_without_time(tmp_path / "b") == strip
     for t in (1, 2):
         wa, wb = weights(tmp_path / "a", t), weights(tmp_path / "b", t)

@@ -1,5 +1,5 @@
 """SIGKILL a real training process at many points, resume with ``--resume RUN_DIR``, and check that the final
-weights (safetensors) and metrics.jsonl (without ``time/*``) equal an uninterrupted run's bit for bit.
+weights (safetensors) and metrics.jsonl (without the wall-clock ``time/*``, ``perf/*``) equal an uninterrupted run's bit for bit.
 
 Exact kill points: each training process runs the real CLI entry point (``inpo.cli.main``) with one function of
 ``inpo.loop`` wrapped so that, right after the chosen event, it writes a marker file and sleeps; the test waits
@@ -199,7 +199,7 @@ def run_until_paused(server: ForkServer, args: list[str], at: str, marker: Path)
 
 def metrics_without_time(run_dir: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+    return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in rows]
 
 
 def assert_same_run(got: Path, expected: Path) -> None:

@@ -342,8 +342,18 @@ def _versions() -> dict[str, str]:
 
     import inpo
 
-    return {"inpo": inpo.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "accelerate": accelerate.__version__}
+    out = {"inpo": inpo.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+           "accelerate": accelerate.__version__}
+    try:  # the git revision of the inpo checkout, when it is one
+        import subprocess
+
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(inpo.__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        if rev.returncode == 0:
+            out["inpo_git_revision"] = rev.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
 
 
 def load_stage(path: Path) -> Any:
@@ -859,7 +869,8 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet:
         unwrapped = accelerator.unwrap_model(policy)
         if main:  # one writer: checkpoint, evaluation, metrics, state, plots
             save_checkpoint(unwrapped, setup.tokenizer, rundir.iter_dir(t))
-            row = {"iteration": t, **train_metrics, "train/pairs": n_pairs, **times,
+            perf = {"perf/pairs_per_s": n_pairs * cfg.train.epochs / times["time/train"]} if times["time/train"] else {}
+            row = {"iteration": t, **train_metrics, "train/pairs": n_pairs, **times, **perf,
                    **evaluate_policy(setup, unwrapped, cfg, rundir, t)}
             rows.append(row)
             rundir.write_metrics(rows)
