@@ -1,5 +1,6 @@
 """SIGKILL a real training process at many points, resume with ``--resume RUN_DIR``, and check that the final
-weights (safetensors) and metrics.jsonl (without the wall-clock ``time/*``, ``perf/*``) equal an uninterrupted run's bit for bit.
+weights (safetensors) and metrics.jsonl (without the wall-clock ``time/*``, ``perf/*``) equal an uninterrupted
+run's bit for bit.
 
 Exact kill points: each training process runs the real CLI entry point (``inpo.cli.main``) with one function of
 ``inpo.loop`` wrapped so that, right after the chosen event, it writes a marker file and sleeps; the test waits
