@@ -1,5 +1,5 @@
 """Same config + seed -> identical metrics.jsonl (without the wall-clock ``time/*``, ``perf/*``) and identical
-weights, bit for bit;another seed -> different weights (so the comparison can fail)."""
+weights, bit for bit; another seed -> different weights (so the comparison can fail)."""
 
 from __future__ import annotations
 
