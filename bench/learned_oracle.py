@@ -44,15 +44,13 @@ from inpo.judges.base import Judge
 from inpo.judges.data import load_preferences, split_held_out
 from inpo.sampling import sample_responses
 from inpo.tasks import BuiltinTask, BuiltinTaskConfig, build_reference, load_reference
-from inpo.tasks.builtin import _sample_prompts
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def judge_prompts(task: BuiltinTask, n: int, seed: int) -> list[str]:
     """``n`` prompts from the task's generator, disjoint from its train, eval and SFT prompts (seeded)."""
-    taken = set(task.train_prompts) | set(task.eval_prompts) | set(task.sft_prompts)
-    return _sample_prompts(np.random.default_rng([task.cfg.seed, 7, seed]), task.cfg, n, taken)
+    return task.fresh_prompts(n, np.random.default_rng([task.cfg.seed, 7, seed]))
 
 
 def action_response(task: BuiltinTask, action: int, rng: np.random.Generator) -> str:

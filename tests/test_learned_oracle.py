@@ -15,21 +15,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import TINY_TASK
 
 from inpo.config import build_config
 from inpo.judges import GPMJudge, JudgeTrainConfig, load_judge, train_judge
 from inpo.loop import load_stage, run
 from inpo.tasks import BuiltinTask, BuiltinTaskConfig
-from inpo.tasks.builtin import _sample_prompts
-
-TINY_TASK = {"n_train_prompts": 8, "n_eval_prompts": 4, "sft_steps": 40, "n_sft_prompts": 128}
 
 
 def task_rows(task: BuiltinTask, n_prompts: int, seed: int = 0) -> list[dict[str, str]]:
     """Each unordered pair of distinct styles once per fresh prompt, chosen = the style with P_true > 1/2."""
-    taken = set(task.train_prompts) | set(task.eval_prompts) | set(task.sft_prompts)
     rng = np.random.default_rng(seed)
-    prompts = _sample_prompts(rng, task.cfg, n_prompts, taken)
+    prompts = task.fresh_prompts(n_prompts, rng)
     game = task.judge()
     rows = []
     for x in prompts:

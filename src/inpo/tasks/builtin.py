@@ -243,6 +243,12 @@ class BuiltinTask:
                             f"topic0..topic{self.cfg.num_topics - 1}")
         return int(match.group(1))
 
+    def fresh_prompts(self, n: int, rng: np.random.Generator) -> list[str]:
+        """``n`` new prompts from the task's generator (topics balanced), disjoint from its train, eval and
+        SFT prompts: e.g. for preference data a judge is trained on without seeing the eval prompts."""
+        taken = set(self.train_prompts) | set(self.eval_prompts) | set(self.sft_prompts)
+        return _sample_prompts(rng, self.cfg, n, taken)
+
     def style_of(self, response: str) -> int:
         """Action of a response: index of its first word among the styles, or M ("none")."""
         words = response.split(maxsplit=1)
