@@ -236,3 +236,21 @@ def test_length_grouped_order_is_a_seeded_permutation_of_length_sorted_steps() -
     assert sorted(steps) == expected and len(order) == n
     again = length_grouped_order(prompts, samples, 3, torch.Generator().manual_seed(0))
     assert torch.equal(order, again)
+
+
+def test_resume_under_a_changed_config_needs_the_flag_and_drops_unfinished_stages(tmp_path: Path,
+                                                                                   cache_dir: Path) -> None:
+    from inpo.errors import InpoError
+
+    out = tmp_path / "run"
+    run(tiny_cfg(out, cache_dir).model_copy(update={"iterations": 1}), quiet=True)
+    (out / "stages" / "iter_2").mkdir(parents=True)
+    (out / "stages" / "iter_2" / "s0_samples.pt").write_bytes(b"made under the old config")  # must not be used
+    lower_lr = tiny_cfg(out, cache_dir, train__lr=1e-4)
+    with pytest.raises(InpoError, match="different config"):
+        run(lower_lr, resume=True, quiet=True)
+    rows = run(lower_lr, resume=True, quiet=True, allow_config_change=True)
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    state = json.loads((out / "state.json").read_text())
+    assert state["completed_iterations"] == 2 and state["config_changes"][0]["after_iteration"] == 1
+    assert "lr: 0.0001" in (out / "config.yaml").read_text()

@@ -38,6 +38,9 @@ def train(
     seed: int | None = typer.Option(None, "--seed"),
     resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this directory."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+    allow_config_change: bool = typer.Option(
+        False, "--allow-config-change", help="With --resume: continue under a changed config (--set ...)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables (CI)."),
     set_: list[str] = typer.Option([], "--set", help="Override a config field: --set algo.eta=2 (repeatable)."),
 ) -> None:
@@ -59,7 +62,9 @@ def train(
     cfg = resolve_output_dir(load_config(config, overrides))
     from inpo.loop import run  # imported after the config is valid: config errors come instantly
 
-    run(cfg, resume=resume is not None, overwrite=overwrite, quiet=quiet)
+    if allow_config_change and resume is None:
+        raise InpoError("--allow-config-change needs --resume RUN_DIR")
+    run(cfg, resume=resume is not None, overwrite=overwrite, quiet=quiet, allow_config_change=allow_config_change)
 
 
 @app.command("eval")

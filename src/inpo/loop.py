@@ -288,9 +288,10 @@ class RunDir:
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
         atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
-    def check(self, cfg: RunConfig, *, resume: bool, overwrite: bool) -> int | None:
+    def check(self, cfg: RunConfig, *, resume: bool, overwrite: bool, allow_change: bool = False) -> int | None:
         """Refuse a bad start before any work or write: the completed iterations to resume from, or None for a
-        fresh run. A directory that is not an inpo run is never deleted, not even with ``overwrite``."""
+        fresh run. A directory that is not an inpo run is never deleted, not even with ``overwrite``.
+        ``allow_change`` resumes a run under a changed config (e.g. a lower learning rate after a NaN)."""
         h = config_hash(cfg)
         if self.path.exists() and not self.path.is_dir():
             raise InpoError(f"{self.path}: output_dir exists and is not a directory")
@@ -307,19 +308,31 @@ class RunDir:
                                 "or --overwrite to replace it)")
             if "config_hash" not in state and cfg_file.read_text() == dump_config(cfg):
                 return 0  # killed between writing config.yaml and state.json
-            if state.get("config_hash") != h:
+            if state.get("config_hash") != h and not allow_change:
                 raise InpoError(f"{self.path}: holds a run with a different config (config.yaml differs); "
-                                "use --overwrite to replace it")
+                                "use --overwrite to replace it, or --allow-config-change to continue it under "
+                                "the new config")
             return int(state.get("completed_iterations", 0))
         if resume:
             raise InpoError(f"{self.path}: nothing to resume (no run there)")
         return None
 
-    def prepare(self, cfg: RunConfig, *, resume: bool, overwrite: bool) -> int:
-        """Create or reopen the run directory; return the number of completed iterations."""
-        done = self.check(cfg, resume=resume, overwrite=overwrite)
-        if done is not None and "config_hash" in self.read_state():
-            if (self.path / "config.yaml").read_text() != dump_config(cfg):  # extended (T) or moved
+    def prepare(self, cfg: RunConfig, *, resume: bool, overwrite: bool, allow_change: bool = False) -> int:
+        """Create or reopen the run directory; return the number of completed iterations.
+
+        A run resumed under a changed config (``allow_change``) drops the stages of the iterations it has not
+        finished (they were made under the old config) and records the change in ``state.json``."""
+        done = self.check(cfg, resume=resume, overwrite=overwrite, allow_change=allow_change)
+        state = self.read_state()
+        if done is not None and "config_hash" in state:
+            if state["config_hash"] != config_hash(cfg):
+                for stage_dir in (self.path / "stages").glob("iter_*"):
+                    if int(stage_dir.name.removeprefix("iter_")) > done:
+                        shutil.rmtree(stage_dir)
+                changes = [*state.get("config_changes", []), {"after_iteration": done, "from": state["config_hash"],
+                                                               "to": config_hash(cfg)}]
+                self.write_state({**state, "config_hash": config_hash(cfg), "config_changes": changes})
+            if (self.path / "config.yaml").read_text() != dump_config(cfg):  # extended (T), moved or changed
                 atomic_write_text(self.path / "config.yaml", dump_config(cfg))
             return done
         try:
@@ -740,7 +753,7 @@ def progress_bars(enabled: bool) -> Iterator[Progress]:
 
 
 def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
-        console: Console | None = None) -> list[dict[str, Any]]:
+        console: Console | None = None, allow_config_change: bool = False) -> list[dict[str, Any]]:
     """Run (or resume) the iterative loop described in the module docstring; return metrics rows."""
     from inpo.config import resolve_output_dir
 
@@ -764,9 +777,10 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet:
     rundir = RunDir(cfg.output_dir)
     main = accelerator.is_main_process
     if main:
-        rundir.check(cfg, resume=resume, overwrite=overwrite)  # refuse early; write nothing until the inputs load
+        # refuse early; write nothing until the inputs load
+        rundir.check(cfg, resume=resume, overwrite=overwrite, allow_change=allow_config_change)
         setup = build_setup(cfg, console, progress=not quiet)  # builds (and caches) the SFT reference once
-        done = rundir.prepare(cfg, resume=resume, overwrite=overwrite)
+        done = rundir.prepare(cfg, resume=resume, overwrite=overwrite, allow_change=allow_config_change)
     accelerator.wait_for_everyone()
     if not main:
         console.quiet = quiet = True
