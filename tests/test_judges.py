@@ -37,12 +37,6 @@ from inpo.judges.triples import cyclic_triple_confusion
 WORDS = "ask amber birch cedar dune ember fern grove heath s0 s1 s2 good bad".split()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _model_judge(kind: str, *, prompt_head: bool = False, seed: int = 0):

@@ -38,14 +38,6 @@ from inpo.judges.train import JudgeTrainConfig
 from inpo.judges.triples import cyclic_triple_confusion
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _held_out(rows, seed=0, fraction=0.2):
     return split_held_out(load_preferences(rows).pairs, fraction=fraction, seed=seed)[1]
 
