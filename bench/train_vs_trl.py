@@ -3,8 +3,8 @@
 Same tiny Llama (built in code), same 256 random-token pairs, same batch size (16 pairs = 32 sequences per
 step), 1 epoch, fp32, no gradient checkpointing, both on the same CPU threads.
 
-* ours: ``inpo.loop.cache_logprobs`` (pi_ref and pi_t: the two passes INPO needs; TRL's IPO needs one) then
-  ``inpo.loop.train_on_pairs`` with the INPO loss. Timed: both phases.
+* ours: ``inpo.logprobs.cache_logprobs`` (pi_ref and pi_t: the two passes INPO needs; TRL's IPO needs one) then
+  ``inpo.train.train_on_pairs`` with the INPO loss. Timed: both phases.
 * TRL: ``DPOTrainer(loss_type="ipo", precompute_ref_log_probs=True, bf16=False, gradient_checkpointing=False)``
   (TRL's defaults are bf16=True and gradient_checkpointing=True). Timed: its reference precompute
   (``_precompute_ref_logps``, run inside ``__init__``) plus ``trainer.train()``; its dataset tokenization is not
@@ -86,7 +86,7 @@ def bucketed_randperm(lengths: list[int], batch: int):
 def apply_variant(variant: str, data: PairData) -> None:
     """Monkeypatch a proposed loop fix into this (worker) process only."""
     import inpo.logprobs
-    import inpo.loop
+    import inpo.train
 
     for v in filter(None, variant.split("+")):
         if v == "bucketed":
@@ -97,7 +97,7 @@ def apply_variant(variant: str, data: PairData) -> None:
         if v == "fused_adamw":
             torch.optim.AdamW = functools.partial(torch.optim.AdamW, fused=True)  # type: ignore[misc]
         elif v == "head_on_response":
-            inpo.loop.sequence_logprobs = sequence_logprobs_response_only
+            inpo.train.sequence_logprobs = sequence_logprobs_response_only
             inpo.logprobs.sequence_logprobs = sequence_logprobs_response_only
         else:
             raise SystemExit(f"unknown variant {v}")
@@ -108,7 +108,9 @@ def run_ours(size: str, data: PairData, variant: str = "") -> dict:
 
     from inpo.algorithms import ALGORITHMS, Pairs
     from inpo.config import RunConfig, TrainConfig
-    from inpo.loop import Samples, cache_logprobs, train_on_pairs
+    from inpo.logprobs import cache_logprobs
+    from inpo.sampling import Samples
+    from inpo.train import train_on_pairs
 
     apply_variant(variant, data)
     model = make_model(size)

@@ -133,7 +133,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_export_pairs_trl_matches_the_run(tiny_run: Path, tmp_path: Path) -> None:
     from inpo.algorithms import build_pairs
-    from inpo.loop import load_tokenizer
+    from inpo.models import load_tokenizer
     from inpo.tasks import BuiltinTask, BuiltinTaskConfig
 
     out = tmp_path / "pairs.jsonl"

@@ -19,7 +19,8 @@ from tiny import TINY_TASK
 
 from inpo.config import build_config
 from inpo.judges import GPMJudge, JudgeTrainConfig, load_judge, train_judge
-from inpo.loop import load_stage, run
+from inpo.loop import run
+from inpo.rundir import load_stage
 from inpo.tasks import BuiltinTask, BuiltinTaskConfig
 
 

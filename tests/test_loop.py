@@ -15,7 +15,10 @@ from inpo import losses
 from inpo.algorithms import ALGORITHMS, build_pairs
 from inpo.config import build_config
 from inpo.logprobs import batched_sequence_logprobs, collate, sequence_logprobs
-from inpo.loop import Samples, build_setup, run, train_on_pairs
+from inpo.loop import run
+from inpo.models import build_setup
+from inpo.sampling import Samples
+from inpo.train import train_on_pairs
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +226,7 @@ def test_lora_run_saves_peft_adapters_and_ref_is_the_disabled_adapter(tmp_path: 
 
 
 def test_length_grouped_order_is_a_seeded_permutation_of_length_sorted_steps() -> None:
-    from inpo.loop import length_grouped_order
+    from inpo.train import length_grouped_order
 
     k, n = 2, 10
     lengths = [7, 3, 9, 1, 5, 8, 2, 6, 4, 10]  # longest sequence of prompt i

@@ -3,8 +3,9 @@ weights (safetensors) and metrics.jsonl (without the wall-clock ``time/*``, ``pe
 run's bit for bit.
 
 Exact kill points: each training process runs the real CLI entry point (``inpo.cli.main``) with one function of
-``inpo.loop`` wrapped so that, right after the chosen event, it writes a marker file and sleeps; the test waits
-for the marker and SIGKILLs the process, so the kill lands exactly there and never races a fast stage.
+the loop's machinery (``inpo.rundir``: atomic writes, checkpoints; ``inpo.train``: optimizer steps) wrapped so
+that, right after the chosen event, it writes a marker file and sleeps; the test waits for the marker and
+SIGKILLs the process, so the kill lands exactly there and never races a fast stage.
 Speed: on a loaded 2-core machine importing torch + transformers costs ~5-15 s per process, so the processes are
 forked from one "fork server" that imported everything once (no torch op runs before the fork). One more kill
 comes at a random time, and the final resume is a plain ``python -m inpo train --resume RUN_DIR``.
@@ -41,7 +42,7 @@ import json, os, sys, time
 from pathlib import Path
 import accelerate, matplotlib.pyplot, transformers
 from transformers.models.llama import modeling_llama
-import inpo.judges, inpo.loop as L, inpo.tasks
+import inpo.judges, inpo.loop, inpo.rundir as R, inpo.tasks, inpo.train as T
 from inpo.cli import main
 
 def child(req):
@@ -64,13 +65,13 @@ def child(req):
         return wrapped
 
     if kind == "write":
-        L.atomic_torch_save = after(L.atomic_torch_save, lambda obj, path: str(path).endswith(what))
-        L.atomic_write_text = after(L.atomic_write_text, lambda path, text: str(path).endswith(what))
+        R.atomic_torch_save = after(R.atomic_torch_save, lambda obj, path: str(path).endswith(what))
+        R.atomic_write_text = after(R.atomic_write_text, lambda path, text: str(path).endswith(what))
     elif kind == "checkpoint":
-        L.save_checkpoint = after(L.save_checkpoint, lambda model, tok, path: Path(path).name == what)
+        R.save_checkpoint = after(R.save_checkpoint, lambda model, tok, path: Path(path).name == what)
     elif kind == "train_step":
         steps = [0]
-        real_train = L.train_on_pairs
+        real_train = T.train_on_pairs
 
         def train_on_pairs(*args, on_step=None, **kwargs):
             def step():
@@ -80,7 +81,7 @@ def child(req):
                 if steps[0] == int(what):
                     pause()
             return real_train(*args, on_step=step, **kwargs)
-        L.train_on_pairs = train_on_pairs
+        T.train_on_pairs = train_on_pairs
     sys.argv = ["inpo", *req["args"]]
     code = 1
     try:

@@ -81,7 +81,9 @@ def eval_(
     from rich.table import Table
 
     from inpo.config import load_config
-    from inpo.loop import RunDir, build_setup, evaluate_policy, load_causal_lm, load_policy
+    from inpo.evaluate import evaluate_policy
+    from inpo.models import build_setup, load_causal_lm, load_policy
+    from inpo.rundir import RunDir
 
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():

@@ -186,7 +186,7 @@ def data_check(
 
 
 def _run_prompts(cfg: Any, tokenizer: Any) -> list[Any]:
-    """The run's training prompts, rebuilt as ``inpo.loop.build_setup`` builds them (without loading models)."""
+    """The run's training prompts, rebuilt as ``inpo.models.build_setup`` builds them (without loading models)."""
     from inpo.data import Prompt, load_prompts
 
     d = cfg.data
@@ -227,7 +227,8 @@ def export_pairs_trl(run_dir: str | Path, out_path: str | Path) -> int:
 
     from inpo.algorithms import ALGORITHMS, build_pairs
     from inpo.config import load_config
-    from inpo.loop import RunDir, load_tokenizer, seed_for
+    from inpo.models import load_tokenizer
+    from inpo.rundir import RunDir, seed_for
 
     run = RunDir(run_dir)
     if not (run.path / "config.yaml").is_file():

@@ -1,5 +1,7 @@
 """Evaluation of an LM policy: win rate vs a baseline under a judge, KL to reference, length, and, on
 a task with a known game, the exact duality gap of the policy's action (style) distribution.
+:func:`evaluate_policy` computes all of them for one iterate of a run (the loop's ``eval/*``, ``pref/*``,
+``game/*`` metrics, and ``inpo eval``).
 """
 
 from __future__ import annotations
@@ -10,7 +12,13 @@ from dataclasses import dataclass
 
 import torch
 
+from inpo.config import RunConfig, SamplingConfig
 from inpo.judges.base import Judge
+from inpo.judges.checked import CheckedJudge
+from inpo.logprobs import batched_sequence_logprobs
+from inpo.models import Setup
+from inpo.rundir import RunDir, seed_for, staged
+from inpo.sampling import sample_responses
 
 
 @dataclass(frozen=True)
@@ -69,3 +77,41 @@ def game_metrics(game: torch.Tensor, pi: torch.Tensor, pi_ref: torch.Tensor, *, 
         reg = regularized_duality_gap(game.numpy(), pi.numpy(), (ref / ref.sum(-1, keepdim=True)).numpy(), tau)
         out["game/reg_duality_gap"] = float(torch.as_tensor(reg).mean())
     return out
+
+
+def evaluate_policy(setup: Setup, policy: torch.nn.Module, cfg: RunConfig, run: RunDir, t: int, *,
+                    cache_baseline: bool = True) -> dict[str, float]:
+    """Metrics of the policy on the eval prompts (no grad), against ``setup.ref`` as the baseline.
+
+    The baseline's samples are cached in the run dir (``cache_baseline``) so every iteration is compared
+    with the same reference responses; a different baseline (``inpo eval --baseline``) is sampled afresh."""
+    prompts = [p.ids for p in setup.eval_prompts]
+    one = SamplingConfig(**{**cfg.sampling.model_dump(), "num_samples": 2})
+    resp = sample_responses(policy, prompts, one, eos_id=setup.eos_id, pad_id=setup.pad_id,
+                            seed=seed_for(cfg, t, 0, "eval"))
+    both = [r for rs in resp for r in rs]
+    both_prompts = [p for p in prompts for _ in range(one.num_samples)]
+    lp_pol = batched_sequence_logprobs(policy, both_prompts, both, pad_id=setup.pad_id)
+    lp_ref = batched_sequence_logprobs(setup.ref, both_prompts, both, pad_id=setup.pad_id)
+    out = {"eval/kl_to_ref": kl_estimate(lp_pol, lp_ref), "eval/mean_length": mean_length(both)}
+    flat = [r[0] for r in resp]
+    texts = [p.text for p in setup.eval_prompts]
+    if setup.task is not None:
+        game = setup.task.game_for_prompts(texts)
+        pi = setup.task.style_distribution(policy, setup.tokenizer, texts)
+        pi_ref = setup.task.style_distribution(setup.ref, setup.tokenizer, texts)
+        out.update(game_metrics(game, pi, pi_ref, tau=cfg.algo.tau))
+    # win rate against pi_ref under the run's judge (both orders), reference samples cached on disk
+    def baseline_samples() -> list[list[int]]:
+        return [r[0] for r in sample_responses(setup.ref, prompts, one, eos_id=setup.eos_id, pad_id=setup.pad_id,
+                                                seed=seed_for(cfg, 0, 0, "eval_ref"))]
+
+    ref_resp = staged(run.stage(0, "eval_ref_samples"), baseline_samples) if cache_baseline else baseline_samples()
+    dec = setup.tokenizer.batch_decode
+    scores = symmetric_win_scores(CheckedJudge(setup.judge, f"evaluation of iteration {t}"), texts,
+                                  dec(flat, skip_special_tokens=True),
+                                  dec(ref_resp, skip_special_tokens=True))
+    wr = win_rate(scores)
+    out.update({"pref/win_rate": wr.mean, "pref/win_rate_ci_low": wr.ci_low, "pref/win_rate_ci_high": wr.ci_high})
+    return out
+

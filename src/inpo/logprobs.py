@@ -8,8 +8,12 @@ are the plain 0..L-1 of each row and padding never changes a row's value.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from inpo.sampling import Samples
 
 Tensor = torch.Tensor
 
@@ -91,3 +95,14 @@ def batched_sequence_logprobs(
     finally:
         model.train(was_training)
     return out
+
+
+def cache_logprobs(
+    models: dict[str, torch.nn.Module], samples: Samples, *, pad_id: int, batch_size: int
+) -> dict[str, torch.Tensor]:
+    """No-grad sequence log-probs of every sample under each named model (one pass per model)."""
+    prompts = [samples.prompt_ids[i // samples.k] for i in range(len(samples.responses))]
+    return {
+        name: batched_sequence_logprobs(m, prompts, samples.responses, pad_id=pad_id, batch_size=batch_size)
+        for name, m in models.items()
+    }

@@ -9,11 +9,21 @@ A response keeps its EOS token (its log-prob is part of the sequence); a respons
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from inpo.config import SamplingConfig
+
+
+@dataclass
+class Samples:
+    """K responses per prompt, flattened: sample i*K + k is response k of prompt i."""
+
+    prompt_ids: list[list[int]]
+    responses: list[list[int]]
+    k: int
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -41,7 +41,7 @@ def load_trl_checkpoint(path: str | Path, *, trust_remote_code: bool = False) ->
 
     The same directory (or :func:`resolve_checkpoint`'s result) can be given as ``model.path`` to ``inpo train``.
     """
-    from inpo.loop import load_causal_lm, load_tokenizer
+    from inpo.models import load_causal_lm, load_tokenizer
 
     d = resolve_checkpoint(path)
     if not any(d.glob("*.safetensors")):
