@@ -154,7 +154,7 @@ def test_outputs_load_with_alpaca_evals_reader_and_arena_hards_layout(tmp_path):
     dec = Decoding(greedy=False, temperature=0.7, top_p=0.9, max_new_tokens=8, seed=3)
     gen = generator_name("inpo-run", 2, dec)
     assert gen == "inpo-run-iter2-sample-T0.7-p0.9-s3"
-    assert generator_name("r", 0, Decoding(greedy=True)) == "r-iter0-greedy"
+    assert generator_name("r", 0, Decoding(greedy=True)) == "r-pi_ref-greedy"
     xs = ["topic0 w1 :", "Explain **this**", "q3"]
     ys = ["rock w2", "# Title\n1. one\n- two\n**bold**\n```\n# not a header\n```", ""]
     paths = write_outputs(tmp_path / "out.json", xs, ys, [2, 9, 0], generator=gen, dataset="inpo-builtin",

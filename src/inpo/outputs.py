@@ -14,7 +14,7 @@ fixed reference model's outputs back.
 * ``FILE.config.json``: the sidecar: run, iteration, checkpoint, decoding, prompt set, package versions.
 
 The generator name records the decoding: ``<run>-iter<t>-greedy`` or ``<run>-iter<t>-sample-T<temperature>-
-p<top_p>-s<seed>``. Every file is written to a temp file and renamed.
+p<top_p>-s<seed>`` (``pi_ref`` for iteration 0). Every file is written to a temp file and renamed.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ class Decoding(BaseModel):
 
 
 def generator_name(run_name: str, t: int, decoding: Decoding) -> str:
-    return f"{run_name}-iter{t}-{decoding.tag()}"
+    """``<run>-iter<t>-<decoding>``; iteration 0 is the run's reference policy: ``<run>-pi_ref-<decoding>``."""
+    return f"{run_name}-{f'iter{t}' if t else 'pi_ref'}-{decoding.tag()}"
 
 
 @torch.no_grad()
