@@ -270,7 +270,7 @@ class RunOutputs:
 
     def model(self, t: int) -> torch.nn.Module:
         """pi_ref for ``t = 0``, else the iterate saved as ``iter_<t>/``."""
-        from inpo.loop import load_policy
+        from inpo.models import load_policy
 
         if t == 0:
             return self.setup.ref
@@ -302,7 +302,8 @@ def open_run(path: str | Path, *, judge: str | None = None) -> RunOutputs:
     from rich.console import Console
 
     from inpo.config import load_config
-    from inpo.loop import RunDir, build_setup
+    from inpo.models import build_setup
+    from inpo.rundir import RunDir
 
     p = Path(path)
     cfg_path = p / "config.yaml"
