@@ -47,7 +47,8 @@ def main() -> None:
     print(f"reference: {r0['reference']} ({r0['n']} prompts, mean length {r0['reference_length']:.1f} chars); "
           f"judge: {r0['judge']}; {time.perf_counter() - t0:.0f} s")
     print()
-    print("| algorithm | iter | win rate [95% CI] | LC win rate [95% CI] | length (chars) | W / T / L | position bias |")
+    print("| algorithm | iter | win rate [95% CI] | LC win rate [95% CI] | length (chars) | W / T / L "
+          "| position bias |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         if r["iteration"] == 0 and r is not r0:
