@@ -22,11 +22,11 @@ from dataclasses import dataclass
 import torch
 
 from inpo import losses
-from inpo.config import AlgoConfig
+from inpo.config import AlgoConfig, RunConfig
 from inpo.losses import win_rates
 
-__all__ = ["ALGORITHMS", "Algorithm", "LossInputs", "Pairs", "build_pairs", "mixture_coefficient", "reduce_logps",
-           "win_rates"]
+__all__ = ["ALGORITHMS", "Algorithm", "LossInputs", "Pairs", "at_iteration", "build_pairs", "mixture_coefficient",
+           "reduce_logps", "win_rates"]
 
 Tensor = torch.Tensor
 
@@ -134,6 +134,14 @@ class Pairs:
 
     def __len__(self) -> int:
         return int(self.chosen.numel())
+
+
+def at_iteration(cfg: RunConfig, t: int) -> RunConfig:
+    """The run config of iteration t: with ``algo.eta_schedule=theorem4``, ``algo.eta`` is INPO's Theorem 4 step
+    ``eta_t = tau (t+2)/2`` (t = 1, 2, ...: iteration t updates pi_t, pi_1 = pi_ref); unchanged otherwise."""
+    if cfg.algo.eta_schedule == "constant":
+        return cfg
+    return cfg.model_copy(update={"algo": cfg.algo.model_copy(update={"eta": cfg.algo.eta_at(t)})})
 
 
 def mixture_coefficient(c: AlgoConfig) -> float:
