@@ -96,7 +96,9 @@ ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
     "mnpo": {"eta": 0.25, "tau": 0.1, "logprob_reduction": "mean"},  # smiles724/MNPO: average_log_prob=True
     "egpo": {"eta": 0.25, "tau": 0.1, "logprob_reduction": "sum"},
     "nash-md": {"eta": 0.25, "tau": 0.1, "logprob_reduction": "sum"},
-    "sppo": {"eta": 4.0, "tau": 0.1, "logprob_reduction": "sum"},  # SPPO paper eta (the MW step) = 1/beta of its code
+    # SPPO paper eta (the MW step) = 1/beta of its code. Built-in task: 16/3 = 4 K/(K-1) at K = 4, i.e. the MW step 4 of
+    # config version 1, whose leave-one-out win rates had no (K-1)/K shrinkage (the default estimator now has it).
+    "sppo": {"eta": 16 / 3, "tau": 0.1, "logprob_reduction": "sum"},
     "dpo": {"beta": 0.1, "tau": 0.1, "logprob_reduction": "sum"},
     "ipo": {"beta": 0.1, "tau": 0.1, "logprob_reduction": "sum"},
 }
