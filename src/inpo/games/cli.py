@@ -116,7 +116,7 @@ def game(
 ) -> None:
     """Algorithmic unit test on a finite preference game: duality gap per iteration per algorithm."""
     algos = parse_algos(algo)
-    if not (tau > 0 and eta > 0 and tau <= eta):
+    if not (tau > 0 and eta > 0 and (tau <= eta or eta_schedule == "theorem4")):
         raise InpoError(f"--eta/--tau: need eta > 0 and 0 < tau <= eta (INPO's eta: 1/eta is the step; got "
                         f"eta={eta}, tau={tau})")
     if eta_schedule not in ("constant", "theorem4"):

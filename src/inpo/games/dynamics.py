@@ -103,7 +103,8 @@ class DynamicsConfig:
     dpo_lr: float = 0.05
 
     def __post_init__(self) -> None:
-        if not (np.isfinite(self.eta) and self.eta > 0 and np.isfinite(self.tau) and 0 <= self.tau <= self.eta):
+        eta_ok = self.tau <= self.eta or self.eta_schedule == "theorem4"  # theorem4: eta_t >= 1.5 tau, eta unused
+        if not (np.isfinite(self.eta) and self.eta > 0 and np.isfinite(self.tau) and self.tau >= 0 and eta_ok):
             raise ValueError(f"need eta > 0 and 0 <= tau <= eta (INPO's eta: 1/eta is the step), got eta={self.eta}, "
                              f"tau={self.tau}")
         if self.eta_schedule not in ("constant", "theorem4"):
