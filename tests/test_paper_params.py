@@ -125,11 +125,11 @@ def test_ci_runs_exactly_the_readme_setup_and_test_commands() -> None:
     readme = (ROOT / "README.md").read_text()
     blocks = _bash_blocks(readme)
     install, test = blocks[0].strip(), blocks[1].strip()
-    assert "pip install -e '.[test]'" in install and "pytest" in test
+    assert install.endswith("pip install -e '.[test]' && inpo train") and "pytest" in test
     ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     commands = [c for c in ci if c and not c.startswith("#") and c not in ("set -euo pipefail",)
                 and not c.startswith("cd ")]
-    assert commands == [install, test]
+    assert commands == [install.removesuffix(" && inpo train"), test]  # the install step, then the tests
 
 
 def test_test_extra_has_what_the_tests_import() -> None:
