@@ -27,10 +27,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 from safetensors.torch import load_file
 
 from inpo.config import build_config
+from inpo.logprobs import batched_sequence_logprobs
 from inpo.loop import run
+from inpo.models import build_setup, load_causal_lm
 
 pytestmark = pytest.mark.filterwarnings("ignore:sft.*:UserWarning")
 
@@ -67,6 +70,8 @@ for argv in json.loads(sys.argv[1]):
 
 
 def tiny(out: Path, cache: Path, algo: str) -> dict:
+    lora = algo == "inpo-lora"
+    algo = algo.removesuffix("-lora")
     return {
         "output_dir": str(out),
         "iterations": 1,
@@ -77,7 +82,8 @@ def tiny(out: Path, cache: Path, algo: str) -> dict:
         "data": {"num_prompts": 7, "num_eval_prompts": 4},
         "algo": {"name": algo},
         # accelerate's end_training (trackers) destroys the process group: only the last run of a launch has them
-        **({"log_with": []} if algo != "inpo" else {}),
+        **({"log_with": []} if algo != "inpo" or lora else {}),
+        **({"peft": {"r": 4}} if lora else {}),
     }
 
 
@@ -129,7 +135,7 @@ def metrics_without_time(run_dir: Path) -> list[dict]:
 
 def test_fsdp2_trains_like_one_process_and_a_killed_run_resumes_bit_identical(tmp_path: Path, cache: Path) -> None:
     singles = {}
-    for algo in ("inpo", "sppo", "egpo"):
+    for algo in ("inpo", "sppo", "egpo", "inpo-lora"):
         singles[algo] = tmp_path / f"single_{algo}"
         run(build_config(tiny(singles[algo], cache, algo)), quiet=True)
     ref = load_file(next(cache.rglob("model.safetensors")))
@@ -137,15 +143,18 @@ def test_fsdp2_trains_like_one_process_and_a_killed_run_resumes_bit_identical(tm
     a, b = tmp_path / "fsdp_a", tmp_path / "fsdp_b"
     restart_at_iteration_1(singles["inpo"], a)
     restart_at_iteration_1(singles["inpo"], b)
-    sppo, egpo = tmp_path / "fsdp_sppo", tmp_path / "fsdp_egpo"
+    sppo, egpo, lora = tmp_path / "fsdp_sppo", tmp_path / "fsdp_egpo", tmp_path / "fsdp_lora"
     restart_at_iteration_1(singles["sppo"], sppo)
     restart_at_iteration_1(singles["egpo"], egpo)
+    restart_at_iteration_1(singles["inpo-lora"], lora)
     egpo_s1 = torch.load(egpo / "stages" / "iter_1" / "s1_logps.pt", weights_only=True)
     (egpo / "stages" / "iter_1" / "s1_logps.pt").unlink()  # recomputed under FSDP2: pi_t from the snapshot
 
-    # launch 1: SPPO; EGPO; INPO iteration 1 on the single process's stages, then a whole FSDP2 iteration 2
+    # launch 1: SPPO; EGPO; INPO with LoRA; INPO iteration 1 on the single process's stages, then a whole FSDP2
+    # iteration 2
     proc, log = launch(tmp_path, "launch1", [["train", "--resume", str(sppo), "-q"],
                                              ["train", "--resume", str(egpo), "-q"],
+                                             ["train", "--resume", str(lora), "-q"],
                                              ["train", "--resume", str(a), "--iterations", "2", "-q"]])
     assert proc.wait(timeout=900) == 0, log.read_text()[-3000:]
     state = json.loads((a / "state.json").read_text())
@@ -157,6 +166,21 @@ def test_fsdp2_trains_like_one_process_and_a_killed_run_resumes_bit_identical(tm
     got_s1 = torch.load(egpo / "stages" / "iter_1" / "s1_logps.pt", weights_only=True)
     assert (got_s1["prev"] - egpo_s1["prev"]).abs().max() < 1e-4
     assert (got_s1["ref"] - egpo_s1["ref"]).abs().max() < 1e-4
+    # ... and the tolerance separates pi_t from a trained policy (the anchor taken after training would fail)
+    setup = build_setup(build_config(tiny(egpo, cache, "egpo")), Console(quiet=True), progress=False)
+    responses = torch.load(egpo / "stages" / "iter_1" / "s1_samples.pt", weights_only=True)
+    prompts = [p.ids for p in setup.train_prompts for _ in range(3)]  # K = 3
+    lp = batched_sequence_logprobs(load_causal_lm(singles["egpo"] / "iter_1"), prompts, responses,
+                                   pad_id=setup.pad_id)
+    assert (lp - egpo_s1["prev"]).abs().max() > 1e-2
+    # LoRA (pi_ref = the sharded policy with its adapter disabled): the adapter checkpoint equals one process's;
+    # lora_B starts at zero, so its values are the update
+    got = load_file(lora / "iter_1" / "adapter_model.safetensors")
+    expected = load_file(singles["inpo-lora"] / "iter_1" / "adapter_model.safetensors")
+    assert got.keys() == expected.keys()
+    diff = torch.cat([(got[n] - expected[n]).abs().flatten() for n in expected])
+    moved = torch.cat([expected[n].abs().flatten() for n in expected if "lora_B" in n])
+    assert moved.mean() > 1e-4 and diff.mean() < 1e-6 and diff.max() < 2e-4, (moved.mean(), diff.mean(), diff.max())
 
     # launch 2: the same as INPO's first run, SIGKILLed (torchrun and both processes) in iteration 2's training;
     # (after the first optimizer step of the second training: iteration 2, stages written, weights half-trained)
@@ -183,3 +207,18 @@ def test_fsdp2_trains_like_one_process_and_a_killed_run_resumes_bit_identical(tm
         assert got.keys() == expected.keys()
         for name in got:
             assert torch.equal(got[name], expected[name]), (t, name)
+
+
+def test_fsdp_refusals_name_the_setting(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FSDP version 1, and Nash-MD (its sampling runs pi_ref at every token, which sharded processes cannot keep
+    in step), are refused before anything is written."""
+    from inpo.errors import InpoError
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    with pytest.raises(InpoError, match="fsdp_version: 2"):
+        run(build_config(tiny(tmp_path / "v1", cache, "inpo")), quiet=True)
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    with pytest.raises(InpoError, match="algo.name=nash-md.*DDP"):
+        run(build_config(tiny(tmp_path / "nash", cache, "nash-md")), quiet=True)
+    assert not (tmp_path / "v1").exists() and not (tmp_path / "nash").exists()

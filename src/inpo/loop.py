@@ -251,8 +251,9 @@ def start(cfg: RunConfig, *, resume: bool, overwrite: bool, quiet: bool, console
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with=trackers or None,
                               project_dir=str(Path(cfg.output_dir) / "logs"))
     algo = ALGORITHMS[cfg.algo.name]
-    sharded = sharding.fsdp2_requested() and accelerator.num_processes > 1
-    if sharded and algo.sample_from_mixture:
+    fsdp2 = sharding.fsdp2_requested()
+    sharded = fsdp2 and accelerator.num_processes > 1
+    if fsdp2 and algo.sample_from_mixture:
         raise InpoError(f"algo.name={algo.name}: its sampling runs pi_ref at every generated token, which FSDP2 "
                         "cannot keep in step across processes; use DDP (configs/accelerate/multi_gpu.yaml)")
     pairing = algo.pairing if cfg.algo.pairing == "default" else cfg.algo.pairing

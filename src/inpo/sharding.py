@@ -55,7 +55,9 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def shard_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """``fully_shard`` every decoder layer, then the root (embeddings, final norm, LM head), in place.
+    """``fully_shard`` every decoder layer, then the root (embeddings, final norm, LM head), in place. With
+    LoRA the root is the transformers model inside the peft wrapper (``generate`` and the forward both run
+    through it; the wrapper's own forward is skipped by ``generate``).
 
     Options from accelerate's environment: ``FSDP_RESHARD_AFTER_FORWARD`` (default true),
     ``FSDP_OFFLOAD_PARAMS`` (CPU offload of the shards), ``ACCELERATE_MIXED_PRECISION`` (bf16/fp16 compute,
@@ -75,18 +77,19 @@ def shard_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module
         kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
     if os.environ.get("FSDP_OFFLOAD_PARAMS", "false").lower() == "true":
         kw["offload_policy"] = CPUOffloadPolicy()
+    root = model.get_base_model() if hasattr(model, "get_base_model") else model
     for layer in layers:
         fully_shard(layer, **kw)
-    fully_shard(model, **kw)
+    fully_shard(root, **kw)
     # transformers' generate turns synced_gpus on for modules carrying this flag (transformers.distributed.fsdp)
-    model._is_fsdp_managed_module = True
+    root._is_fsdp_managed_module = True
     return model
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
     from torch.distributed.fsdp import FSDPModule
 
-    return isinstance(model, FSDPModule)
+    return any(isinstance(m, FSDPModule) for m in model.modules())
 
 
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
