@@ -210,8 +210,8 @@ def test_fsdp2_trains_like_one_process_and_a_killed_run_resumes_bit_identical(tm
 
 
 def test_fsdp_refusals_name_the_setting(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """FSDP version 1, and Nash-MD (its sampling runs pi_ref at every token, which sharded processes cannot keep
-    in step), are refused before anything is written."""
+    """FSDP version 1, activation checkpointing (not implemented), and Nash-MD (its sampling runs pi_ref at every
+    token, which sharded processes cannot keep in step), are refused before anything is written."""
     from inpo.errors import InpoError
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
@@ -219,6 +219,10 @@ def test_fsdp_refusals_name_the_setting(tmp_path: Path, cache: Path, monkeypatch
     with pytest.raises(InpoError, match="fsdp_version: 2"):
         run(build_config(tiny(tmp_path / "v1", cache, "inpo")), quiet=True)
     monkeypatch.setenv("FSDP_VERSION", "2")
+    monkeypatch.setenv("FSDP_ACTIVATION_CHECKPOINTING", "true")
+    with pytest.raises(InpoError, match="fsdp_activation_checkpointing"):
+        run(build_config(tiny(tmp_path / "ac", cache, "inpo")), quiet=True)
+    monkeypatch.setenv("FSDP_ACTIVATION_CHECKPOINTING", "false")
     with pytest.raises(InpoError, match="algo.name=nash-md.*DDP"):
         run(build_config(tiny(tmp_path / "nash", cache, "nash-md")), quiet=True)
-    assert not (tmp_path / "v1").exists() and not (tmp_path / "nash").exists()
+    assert not any((tmp_path / d).exists() for d in ("v1", "ac", "nash"))

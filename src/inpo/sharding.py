@@ -36,6 +36,9 @@ def fsdp2_requested() -> bool:
     if os.environ.get("FSDP_VERSION", "1") != "2":
         raise InpoError("accelerate config: FSDP version 1 is not supported; set fsdp_config.fsdp_version: 2 "
                         "(see configs/accelerate/fsdp2.yaml)")
+    if os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "false").lower() == "true":
+        raise InpoError("accelerate config: fsdp_activation_checkpointing is not supported by inpo's FSDP2 route; "
+                        "set it to false")
     return True
 
 
