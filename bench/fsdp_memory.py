@@ -87,7 +87,8 @@ def worker(mode: str) -> None:
            "peak_rss_mb": peak_rss_mb(), "peak_rss_after_phase_mb": phases}
     row["state_mb"] = row["policy_mb"] + row["grads_mb"] + row["adam_mb"] + row["ref_mb"]
     row["peak_minus_imports_mb"] = row["peak_rss_mb"] - rss0
-    print(json.dumps(row), flush=True)
+    sys.stdout.write(json.dumps(row) + "\n")  # one write (< PIPE_BUF): the processes' lines do not interleave
+    sys.stdout.flush()
 
 
 MALLOC = {"default": {}, "mmap_threshold_128k": {"MALLOC_MMAP_THRESHOLD_": "131072"}}
