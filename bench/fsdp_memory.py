@@ -16,7 +16,7 @@ Each mode runs twice: with glibc's default malloc, and with ``MALLOC_MMAP_THRESH
 large blocks are always mmap'ed and given back when freed). FSDP2 allocates and frees the all-gathered layers at
 every forward; with the default (dynamic) threshold glibc keeps those blocks in its heap and RSS grows.
 
-    python bench/fsdp_memory.py            # 2 x 3 launches, prints JSON + table
+    python bench/fsdp_memory.py            # 2 x 3 launches (about 6 minutes), prints JSON + table
 """
 
 from __future__ import annotations
