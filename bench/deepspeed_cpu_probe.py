@@ -85,7 +85,7 @@ def main() -> None:
         proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(cfg),
                                __file__, "--worker"], capture_output=True, text=True, timeout=600,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
-    print("\n".join(sorted(line for line in proc.stdout.splitlines() if line.startswith("["))))
+    print("\n".join(sorted((line for line in proc.stdout.splitlines() if line.startswith("[")), key=lambda s: s[:3])))
     print(f"exit code {proc.returncode}")
 
 
