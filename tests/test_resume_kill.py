@@ -68,7 +68,7 @@ def child(req):
         R.atomic_torch_save = after(R.atomic_torch_save, lambda obj, path: str(path).endswith(what))
         R.atomic_write_text = after(R.atomic_write_text, lambda path, text: str(path).endswith(what))
     elif kind == "checkpoint":
-        R.save_checkpoint = after(R.save_checkpoint, lambda model, tok, path: Path(path).name == what)
+        R.save_checkpoint = after(R.save_checkpoint, lambda model, tok, path, **kw: Path(path).name == what)
     elif kind == "train_step":
         steps = [0]
         real_train = T.train_on_pairs

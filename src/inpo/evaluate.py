@@ -80,11 +80,13 @@ def game_metrics(game: torch.Tensor, pi: torch.Tensor, pi_ref: torch.Tensor, *, 
 
 
 def evaluate_policy(setup: Setup, policy: torch.nn.Module, cfg: RunConfig, run: RunDir, t: int, *,
-                    cache_baseline: bool = True) -> dict[str, float]:
+                    cache_baseline: bool = True, main: bool = True) -> dict[str, float]:
     """Metrics of the policy on the eval prompts (no grad), against ``setup.ref`` as the baseline.
 
     The baseline's samples are cached in the run dir (``cache_baseline``) so every iteration is compared
-    with the same reference responses; a different baseline (``inpo eval --baseline``) is sampled afresh."""
+    with the same reference responses; a different baseline (``inpo eval --baseline``) is sampled afresh.
+    ``main=False``: another process of a sharded (FSDP2) run, which runs the same forwards as the main one
+    (every sharded forward is collective) but neither writes the baseline's samples nor queries the judge."""
     prompts = [p.ids for p in setup.eval_prompts]
     one = SamplingConfig(**{**cfg.sampling.model_dump(), "num_samples": 2})
     resp = sample_responses(policy, prompts, one, eos_id=setup.eos_id, pad_id=setup.pad_id,
@@ -106,6 +108,11 @@ def evaluate_policy(setup: Setup, policy: torch.nn.Module, cfg: RunConfig, run: 
         return [r[0] for r in sample_responses(setup.ref, prompts, one, eos_id=setup.eos_id, pad_id=setup.pad_id,
                                                 seed=seed_for(cfg, 0, 0, "eval_ref"))]
 
+    if not main:  # the file exists on every process or on none: the main one writes it after the forwards
+        path = run.stage(0, "eval_ref_samples")
+        if not (cache_baseline and path.exists()):
+            baseline_samples()
+        return out
     ref_resp = staged(run.stage(0, "eval_ref_samples"), baseline_samples) if cache_baseline else baseline_samples()
     dec = setup.tokenizer.batch_decode
     scores = symmetric_win_scores(CheckedJudge(setup.judge, f"evaluation of iteration {t}"), texts,

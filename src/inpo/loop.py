@@ -39,10 +39,11 @@ from accelerate import Accelerator
 from rich.console import Console
 from rich.progress import Progress
 
-from inpo import train
+from inpo import sharding, train
 from inpo.algorithms import ALGORITHMS, Algorithm, Pairs, at_iteration, build_pairs, mixture_coefficient, win_rates
 from inpo.config import RunConfig, resolve_output_dir
 from inpo.data import Prompt
+from inpo.errors import InpoError
 from inpo.evaluate import evaluate_policy
 from inpo.judges.base import Judge
 from inpo.judges.checked import judge_matrices
@@ -67,6 +68,7 @@ class Context:
     console: Console
     quiet: bool
     trackers: list[str]
+    sharded: bool = False  # FSDP2: policy (and pi_ref) sharded; every process joins every forward
 
 
 def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
@@ -78,9 +80,11 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet:
     accelerator = ctx.accelerator
     main = accelerator.is_main_process
     rows = [r for r in rundir.read_metrics() if r["iteration"] <= done]
-    if not rows and main:  # iteration 0: pi_ref itself
-        rows = [{"iteration": 0, **evaluate_policy(setup, accelerator.unwrap_model(policy), cfg, rundir, 0)}]
-        rundir.write_metrics(rows)
+    if not rows and (main or ctx.sharded):  # iteration 0: pi_ref itself (FSDP2: every process joins the forwards)
+        row0 = {"iteration": 0, **evaluate_policy(setup, accelerator.unwrap_model(policy), cfg, rundir, 0, main=main)}
+        if main:
+            rows = [row0]
+            rundir.write_metrics(rows)
     accelerator.wait_for_everyone()
     console.print(f"[bold]inpo[/] {algo.name}: {len(setup.train_prompts)} prompts x K={cfg.sampling.num_samples}, "
                   f"{cfg.iterations} iterations, pairing={ctx.pairing} -> {rundir.path}")
@@ -93,7 +97,11 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet:
     for t in range(done + 1, cfg.iterations + 1):
         times = {"time/sample": 0.0, "time/judge": 0.0, "time/logprobs": 0.0, "time/train": 0.0}
         # EGPO's two steps both anchor on pi_t: a frozen copy, taken before the first step changes the policy
-        anchor = copy.deepcopy(accelerator.unwrap_model(policy)).eval() if algo.steps_per_iteration > 1 else None
+        # (FSDP2: a snapshot of this process's shards, swapped in for the anchor's forwards)
+        anchor = None
+        if algo.steps_per_iteration > 1:
+            anchor = (sharding.FrozenSnapshot(accelerator.unwrap_model(policy)) if ctx.sharded
+                      else copy.deepcopy(accelerator.unwrap_model(policy)).eval())
         train_metrics: dict[str, float] = {}
         n_pairs = 0
         for step in range(algo.steps_per_iteration):
@@ -116,12 +124,16 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet:
                 times["time/train"] += time.perf_counter() - t0
 
         unwrapped = accelerator.unwrap_model(policy)
+        full = sharding.full_state_dict(unwrapped) if ctx.sharded else None  # FSDP2: gathered on the main process
         if main:  # one writer: checkpoint (atomic: a temp dir renamed), evaluation, metrics, state, plots
-            rundir.save_checkpoint(t, unwrapped, setup.tokenizer)
+            rundir.save_checkpoint(t, unwrapped, setup.tokenizer, state_dict=full)
             perf = {"perf/pairs_per_s": n_pairs * cfg.train.epochs / times["time/train"]} if times["time/train"] else {}
             row = {"iteration": t, **train_metrics, "train/pairs": n_pairs, **times, **perf,
                    **evaluate_policy(setup, unwrapped, cfg, rundir, t)}
             record(ctx, rows, row)
+        elif ctx.sharded:
+            evaluate_policy(setup, unwrapped, cfg, rundir, t, main=False)
+        del full
         accelerator.wait_for_everyone()
 
     console.print(metrics_table(rows, f"{algo.name}: summary ({rundir.path / 'metrics.jsonl'})"))
@@ -145,7 +157,8 @@ def sample(ctx: Context, t: int, step: int, policy: torch.nn.Module, bars: Progr
                               accelerator.unwrap_model(policy), prompt_ids, cfg, setup,
                               seed=seed_for(cfg, t, step, "sample") + accelerator.process_index,
                               mixture=mixture, progress=partial(bars.advance, bar),
-                              checkpoint=ctx.rundir.iter_dir(t - 1) if t > 1 else setup.ref_path)
+                              checkpoint=ctx.rundir.iter_dir(t - 1) if t > 1 else setup.ref_path,
+                              lockstep=ctx.sharded)
     return Samples(prompt_ids, responses, cfg.sampling.num_samples)
 
 
@@ -176,7 +189,7 @@ def anchor_logprobs(ctx: Context, t: int, step: int, samples: Samples, policy: t
         del models["prev"]
     cache = sharded_stage(ctx.accelerator, ctx.rundir.stage(t, f"s{step}_logps"), logprob_stage,
                           len(samples.prompt_ids), models, samples, pad_id=setup.pad_id,
-                          batch_size=cfg.train.logprob_batch_size)
+                          batch_size=cfg.train.logprob_batch_size, lockstep=ctx.sharded)
     if same_as_ref:
         cache["prev"] = cache["ref"]
     if algo.needs_history:
@@ -205,7 +218,8 @@ def record(ctx: Context, rows: list[dict[str, Any]], row: dict[str, Any]) -> Non
     """Append iteration t's row to metrics.jsonl, mark t complete in state.json, print, plot, log."""
     rows.append(row)
     ctx.rundir.write_metrics(rows)
-    ctx.rundir.write_state({**ctx.rundir.read_state(), "completed_iterations": row["iteration"]})
+    launch = {"processes": ctx.accelerator.num_processes, "sharding": "fsdp2" if ctx.sharded else "none"}
+    ctx.rundir.write_state({**ctx.rundir.read_state(), "completed_iterations": row["iteration"], "launch": launch})
     ctx.console.print(metrics_table(rows[-1:], f"iteration {row['iteration']}"))
     write_plots(ctx.rundir, rows)
     if ctx.trackers:
@@ -237,6 +251,11 @@ def start(cfg: RunConfig, *, resume: bool, overwrite: bool, quiet: bool, console
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with=trackers or None,
                               project_dir=str(Path(cfg.output_dir) / "logs"))
     algo = ALGORITHMS[cfg.algo.name]
+    fsdp2 = sharding.fsdp2_requested()
+    sharded = fsdp2 and accelerator.num_processes > 1
+    if fsdp2 and algo.sample_from_mixture:
+        raise InpoError(f"algo.name={algo.name}: its sampling runs pi_ref at every generated token, which FSDP2 "
+                        "cannot keep in step across processes; use DDP (configs/accelerate/multi_gpu.yaml)")
     pairing = algo.pairing if cfg.algo.pairing == "default" else cfg.algo.pairing
     rundir = RunDir(cfg.output_dir)
     if accelerator.is_main_process:
@@ -254,6 +273,13 @@ def start(cfg: RunConfig, *, resume: bool, overwrite: bool, quiet: bool, console
         policy = load_policy(rundir.iter_dir(done), cfg, setup.ref_path)
         if cfg.peft is not None:
             setup.ref = AdapterDisabled(policy)
+    if sharded:  # FSDP2 (inpo.sharding): pi_ref and the policy sharded per decoder layer, AdamW on the shards
+        if cfg.peft is None:
+            sharding.shard_model(setup.ref.to(accelerator.device), accelerator.device)
+        policy = sharding.shard_model(policy.to(accelerator.device), accelerator.device)
+        optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        ctx = Context(cfg, algo, pairing, setup, rundir, accelerator, console, quiet, trackers, sharded=True)
+        return ctx, policy, optimizer, done
     # one AdamW for the run, prepared with the policy in one call; train_on_pairs resets it every iteration
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     policy, optimizer = accelerator.prepare(policy, optimizer)

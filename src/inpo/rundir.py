@@ -99,9 +99,10 @@ class RunDir:
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
         atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
-    def save_checkpoint(self, t: int, model: torch.nn.Module, tokenizer: Any) -> None:
+    def save_checkpoint(self, t: int, model: torch.nn.Module, tokenizer: Any,
+                        state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """pi_{t+1}, the policy after iteration t, as ``iter_<t>/`` (see :func:`save_checkpoint`)."""
-        save_checkpoint(model, tokenizer, self.iter_dir(t))
+        save_checkpoint(model, tokenizer, self.iter_dir(t), state_dict=state_dict)
 
     def check(self, cfg: RunConfig, *, resume: bool, overwrite: bool, allow_change: bool = False) -> int | None:
         """Refuse a bad start before any work or write: the completed iterations to resume from, or None for a
@@ -227,10 +228,13 @@ def _merge(chunks: list[Any]) -> Any:
 
 
 def sharded_stage(accelerator: Accelerator, path: Path, make: Callable[..., Any], n: int, *args: Any,
-                  **kwargs: Any) -> Any:
+                  lockstep: bool = False, **kwargs: Any) -> Any:
     """A stage split by prompt across processes: process r computes ``make(prompt_indices[r::world], ...)``,
     the parts are gathered back into prompt order on every process and the main process writes the
-    artifact (atomically). With one process this is ``staged(path, make, range(n), ...)``."""
+    artifact (atomically). With one process this is ``staged(path, make, range(n), ...)``.
+
+    ``lockstep`` (a sharded model, FSDP2: every process must run the same forwards): a process with one
+    prompt fewer than the others also computes prompt 0 again, as its last, and drops that result."""
     if path.exists():
         return load_stage(path)
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -240,9 +244,11 @@ def sharded_stage(accelerator: Accelerator, path: Path, make: Callable[..., Any]
         from accelerate.utils import gather_object
 
         mine = list(range(rank, n, world))
-        local = make(mine, *args, **kwargs)
+        filler = lockstep and len(mine) < -(-n // world)
+        local = make(mine + [0] if filler else mine, *args, **kwargs)
         chunks: list[Any] = [None] * n
-        for r, part in gather_object([(rank, _split(local, len(mine)) if mine else [])]):
+        own = _split(local, len(mine) + filler)[: len(mine)] if mine else []
+        for r, part in gather_object([(rank, own)]):
             chunks[r::world] = part
         obj = _merge(chunks)
     if accelerator.is_main_process:
@@ -257,13 +263,18 @@ def seed_for(cfg: RunConfig, t: int, step: int, phase: str) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-def save_checkpoint(model: torch.nn.Module, tokenizer: Any, path: Path) -> None:
-    """``save_pretrained`` (safetensors) of model and tokenizer into a temp dir, then renamed to ``path``."""
+def save_checkpoint(model: torch.nn.Module, tokenizer: Any, path: Path,
+                    state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """``save_pretrained`` (safetensors) of model and tokenizer into a temp dir, then renamed to ``path``.
+    ``state_dict``: the model's full weights when the model itself holds only shards (FSDP2)."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         if tmp.exists():
             shutil.rmtree(tmp)
-        model.save_pretrained(tmp, safe_serialization=True)
+        if state_dict is None:
+            model.save_pretrained(tmp, safe_serialization=True)
+        else:  # save_pretrained empties the dict it is given
+            model.save_pretrained(tmp, state_dict=dict(state_dict), safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if path.exists():
             shutil.rmtree(path)
