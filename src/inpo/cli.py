@@ -165,11 +165,28 @@ def run_app(typer_app: typer.Typer, argv: list[str] | None = None, prog_name: st
     if debug:
         args.remove("--debug")
     _quiet_library_warnings()
+    import threading
+
+    thread_errors: list[BaseException] = []
+
+    def thread_failed(a: threading.ExceptHookArgs) -> None:
+        """A writer thread (tensorboard's) hit a full disk: kept for one line below, not a thread traceback."""
+        if a.exc_type is not None and issubclass(a.exc_type, OSError) and a.exc_value is not None:
+            thread_errors.append(a.exc_value)
+        else:
+            threading.__excepthook__(a)
+
+    threading.excepthook = thread_failed
     try:
         from inpo.inputs import check_argv
 
         check_argv(args)
         code = typer_app(args=args, prog_name=prog_name, standalone_mode=False)
+        if thread_errors and not code:
+            e = thread_errors[0]
+            where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+            raise InpoError(f"a background writer (tracker logs under the run's logs/){where} failed: "
+                            f"{getattr(e, 'strerror', None) or e}; metrics.jsonl and checkpoints are complete")
     except KeyboardInterrupt:
         interrupted()
     except InpoError as e:
@@ -203,6 +220,8 @@ def run_app(typer_app: typer.Typer, argv: list[str] | None = None, prog_name: st
         if "Abort" in kinds:
             interrupted()
         raise
+    finally:
+        threading.excepthook = threading.__excepthook__
     if code == 130:  # typer turns a Ctrl-C inside a command into exit code 130
         interrupted()
     sys.exit(code if isinstance(code, int) else 0)

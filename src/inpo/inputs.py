@@ -322,3 +322,63 @@ def check_argv(argv: list[str]) -> None:
     for a in argv:
         if "\x00" in a:
             raise InpoError(f"command line: argument {a!r} contains a NUL byte")
+
+
+# --------------------------------------------------------------------------------------------------
+# command-line options of `inpo game`, `inpo judge *`
+# --------------------------------------------------------------------------------------------------
+
+MAX_ACTIONS = 4096
+MAX_GAME_ENTRIES = 1 << 24  # X * A * A float64 entries of a game: 128 MiB
+
+
+def check_game_args(*, actions: int, contexts: int, iterations: int, seed: int, eta: float, tau: float,
+                    beta: float | None, pairs: int, steps: int, lr: float) -> None:
+    """``inpo game``'s options: finite positive rates, seeds in range, sizes bounded before anything is built."""
+    check_int("--actions", actions, 2, MAX_ACTIONS)
+    check_int("--contexts", contexts, 1, MAX_GAME_ENTRIES // 4)
+    if contexts * actions * actions > MAX_GAME_ENTRIES:
+        raise InpoError(f"--contexts x --actions^2 = {contexts * actions * actions} entries; at most "
+                        f"{MAX_GAME_ENTRIES} (use fewer contexts or actions)")
+    check_int("--iterations", iterations, 1, 1_000_000)
+    check_int("--seed", seed, 0, MAX_SEED)
+    check_float("--eta", eta, 0.0, 1e6, lo_open=True)
+    check_float("--tau", tau, 0.0, 1e6, lo_open=True)
+    if beta is not None:
+        check_float("--beta", beta, 0.0, 1e6, lo_open=True)
+    check_int("--pairs", pairs, 1, 1_000_000)
+    check_int("--steps", steps, 1, 100_000)
+    check_float("--lr", lr, 0.0, 1e6, lo_open=True)
+
+
+def check_game_file(path: Path, arr: Any, name: str) -> None:
+    """A user game loaded from ``.npy``: a real numeric array (a complex one would lose its imaginary part)
+    of at most ``MAX_GAME_ENTRIES`` entries."""
+    kind = getattr(getattr(arr, "dtype", None), "kind", None)
+    if kind not in ("f", "i", "u"):
+        what = {"c": "complex", "b": "boolean", "O": "object", "U": "string", "S": "bytes"}.get(kind or "", str(kind))
+        raise InpoError(f"{name}: a {what} array; a game is real numbers in [0, 1]")
+    if arr.size > MAX_GAME_ENTRIES:
+        raise InpoError(f"{name}: {arr.size} entries; at most {MAX_GAME_ENTRIES}")
+
+
+def check_judge_train_args(*, epochs: int, lr: float, batch_size: int, seed: int, dim: int, temperature: float,
+                           held_out: float, max_length: int) -> None:
+    check_int("--epochs", epochs, 1, 100_000)
+    check_float("--lr", lr, 0.0, 100.0, lo_open=True)
+    check_int("--batch-size", batch_size, 1, 1 << 20)
+    check_int("--seed", seed, 0, MAX_SEED)
+    check_int("--dim", dim, 2, 4096)
+    check_float("--temperature", temperature, 1e-3, 1e3)
+    check_float("--held-out", held_out, 0.0, 0.95)
+    check_int("--max-length", max_length, 2, 1 << 20)
+
+
+def check_judge_config(config: dict[str, Any], path: Path) -> None:
+    """``judge_config.json``'s numbers: temperature finite and >= 1e-3 (0 made every P = 1/2), sizes positive."""
+    if "temperature" in config:
+        check_float(f"{path}: field 'temperature'", config["temperature"], 1e-3, 1e3)
+    if "max_length" in config:
+        check_int(f"{path}: field 'max_length'", config["max_length"], 2, 1 << 20)
+    if "dim" in config:
+        check_int(f"{path}: field 'dim'", config["dim"], 2, 4096)

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from inpo.errors import InpoError
+from inpo.inputs import MAX_SEED, check_int, check_judge_train_args, refuse_inside_run
 
 app = typer.Typer(
     name="judge",
@@ -50,8 +51,11 @@ def train(
 
     from inpo.judges.train import JudgeTrainConfig, train_judge
 
+    check_judge_train_args(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, dim=dim, temperature=temperature,
+                           held_out=held_out, max_length=max_length)  # the input boundary (inpo.inputs)
     if out is None:
         out = Path("runs") / f"judge-{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    refuse_inside_run(out, "--out")
     cfg = JudgeTrainConfig(
         epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, dim=dim, temperature=temperature,
         prompt_head=prompt_head, held_out=held_out, max_length=max_length,
@@ -127,6 +131,9 @@ def synth(
     """Write a synthetic preference dataset with a known answer (see inpo.judges.synthetic)."""
     from inpo.judges import synthetic as syn
 
+    check_int("--prompts", prompts, 1, 1_000_000)
+    check_int("--seed", seed, 0, MAX_SEED)
+    refuse_inside_run(out, "output")
     makers = {
         "cyclic": lambda: syn.cyclic_rows(prompts, seed=seed),
         "transitive": lambda: syn.transitive_rows(prompts, seed=seed),
@@ -140,19 +147,20 @@ def synth(
         raise InpoError(f"unknown synthetic dataset '{name}' (choose one of {', '.join(makers)})")
     rows = makers[name]()
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
     console.print(f"wrote {len(rows)} rows to {out}")
 
 
 def main() -> None:
-    """``python -m inpo.judges.cli ...``: the same commands before/without the main CLI."""
-    import sys
+    """``python -m inpo.judges.cli ...``: the same commands before/without the main CLI (same error handling)."""
+    from inpo.cli import run_app
 
-    try:
-        app()
-    except InpoError as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+    run_app(app, prog_name="inpo judge")
 
 
 if __name__ == "__main__":
