@@ -128,13 +128,14 @@ def load_prompts(
     kind0 = None
     for n, row in enumerate(rows, start=1):
         where = f"{source}: row {n}"
+        value = row.get("prompt", row.get("messages"))
+        if isinstance(value, str | list):  # else prompt_text names what is wrong with the row
+            kind = (row_format(row), "conversational" if isinstance(value, list) else "standard")
+            kind0 = kind0 or kind
+            if kind != kind0:  # as `inpo data check` (and TRL, which reads the format from row 1) refuses it
+                raise InpoError(f"{where}: {kind[0]} {kind[1]} row in a {kind0[0]} {kind0[1]} file (row 1's format); "
+                                "a file must use one format throughout (see `inpo data check`)")
         text, is_chat = prompt_text(row, where, tokenizer)
-        kind = (row_format(row), is_chat)
-        kind0 = kind0 or kind
-        if kind != kind0:  # as `inpo data check` (and TRL, which reads the format from the first row) refuses it
-            style = {False: "standard", True: "conversational"}
-            raise InpoError(f"{where}: {kind[0]} {style[kind[1]]} row in a {kind0[0]} {style[kind0[1]]} file (row 1's "
-                            "format); a file must use one format throughout (see `inpo data check`)")
         ids = tokenizer(text, add_special_tokens=not is_chat).input_ids
         if len(ids) > max_length:
             if too_long == "error":
