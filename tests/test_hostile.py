@@ -351,13 +351,13 @@ CASES: dict[str, Case] = {
         ["p.jsonl: row 2", "language-modeling", "prompt-only", "one format"]),
     "prompts_mixed_styles": (lambda w: ["train", "-q", w.user_cfg(w.file("p.jsonl", jsonl(
         GOOD_PROMPT, {"prompt": "a", "chosen": "b", "rejected": "c"})))], ["row 2", "preference"]),
-    "prompts_deep_json": (lambda w: ["train", "-q", w.user_cfg(w.file("p.jsonl", '{"prompt": ' + deep_json(50_000) + "}\n"))],
+    "prompts_deep_json": (lambda w: ["train", "-q", w.user_cfg(w.file("p.jsonl", f'{{"prompt": {deep_json(9999)}}}'))],
                           ["p.jsonl: line 1", "nested too deeply"]),
     "prompts_huge_number": (lambda w: ["train", "-q", w.user_cfg(w.file("p.jsonl", f'{{"prompt": {BIG}}}\n'))],
                             ["p.jsonl: line 1", "digits"]),
     "prompts_json_deep": (lambda w: ["train", "-q", w.user_cfg(w.file("p.json", deep_json(50_000)))],
                           ["p.json", "nested too deeply"]),
-    "prompts_not_utf8": (lambda w: ["train", "-q", w.user_cfg(w.file("p.jsonl", b'{"prompt": "a"}\n{"prompt": "\xff"}\n'))],
+    "prompts_not_utf8": (lambda w: ["train", "-q", w.user_cfg(w.file("p.jsonl", b'{"prompt": 1}\n{"prompt": "\xff"}'))],
                          ["p.jsonl", "line 2", "not UTF-8"]),
     # ---- inpo data ----
     "export_over_run_metrics": (lambda w: ["data", "export", str(w.run), str(w.run / "metrics.jsonl")],

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 
 from inpo import train
@@ -96,7 +97,7 @@ def _run(cfg: RunConfig, rundir: RunDir, *, resume: bool, overwrite: bool, quiet
         rundir.write_metrics(rows)
     accelerator.wait_for_everyone()
     console.print(f"[bold]inpo[/] {algo.name}: {len(setup.train_prompts)} prompts x K={cfg.sampling.num_samples}, "
-                  f"{cfg.iterations} iterations, pairing={ctx.pairing} -> {rundir.path}")
+                  f"{cfg.iterations} iterations, pairing={ctx.pairing} -> {escape(str(rundir.path))}")
     if done:
         console.print(f"resuming after iteration {done}")
     console.print(metrics_table(rows, "start"))
@@ -138,7 +139,7 @@ def _run(cfg: RunConfig, rundir: RunDir, *, resume: bool, overwrite: bool, quiet
             record(ctx, rows, row)
         accelerator.wait_for_everyone()
 
-    console.print(metrics_table(rows, f"{algo.name}: summary ({rundir.path / 'metrics.jsonl'})"))
+    console.print(metrics_table(rows, f"{algo.name}: summary ({escape(str(rundir.path / 'metrics.jsonl'))})"))
     if ctx.trackers:
         with writing(rundir.path / "logs", "tracker logs"):
             accelerator.end_training()
