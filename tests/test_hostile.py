@@ -679,6 +679,20 @@ def test_a_refused_config_change_writes_nothing(world: World, capsys) -> None:
     assert code == 0, err
 
 
+def test_a_damaged_run_can_be_replaced_with_overwrite(world: World) -> None:
+    """The damaged-state message says "use --overwrite": the check lets --overwrite replace the run."""
+    from inpo.config import load_config
+    from inpo.errors import InpoError
+    from inpo.rundir import RunDir
+
+    run = world.run
+    cfg = load_config(run / "config.yaml")
+    (run / "state.json").write_text('{"completed_iterations": -1}')
+    with pytest.raises(InpoError, match="use --overwrite"):
+        RunDir(run).check(cfg, resume=True, overwrite=False)
+    assert RunDir(run).check(cfg, resume=False, overwrite=True) is None
+
+
 def test_jsonl_with_a_raw_line_separator_inside_a_string_is_valid(world: World, capsys) -> None:
     p = world.file("d.jsonl", '{"prompt": "a\u2028b"}\n{"prompt": "c\u2029d\x85e"}\n')
     code, out, err = run_cli(["data", "check", p, "--json"], capsys)
@@ -716,9 +730,14 @@ def test_real_process_ctrl_c_during_start_up_imports(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "inpo", "game", "--iterations", "100000", "--sampled"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # not inherited SIG_IGN
-    time.sleep(0.5)  # past the interpreter's own start-up (runpy importing the package: before any inpo code)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    try:  # once numpy's C extension is mapped the process is importing inpo.cli's libraries (or past them):
+        deadline = time.monotonic() + 60  # past the interpreter's own start-up, which runs no inpo code
+        while "_multiarray_umath" not in Path(f"/proc/{proc.pid}/maps").read_text() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
     assert proc.returncode == 130, err
     assert err.splitlines() == [err.strip()] and err.startswith("error: interrupted"), err
 

@@ -133,6 +133,8 @@ def load_prompts(
             kind = (row_format(row), "conversational" if isinstance(value, list) else "standard")
             kind0 = kind0 or kind
             if kind != kind0:  # as `inpo data check` (and TRL, which reads the format from row 1) refuses it
+                if isinstance(value, list):  # a malformed row's own error first
+                    _check_messages(value, f"{where}: field '{'prompt' if 'prompt' in row else 'messages'}'")
                 raise InpoError(f"{where}: {kind[0]} {kind[1]} row in a {kind0[0]} {kind0[1]} file (row 1's format); "
                                 "a file must use one format throughout (see `inpo data check`)")
         text, is_chat = prompt_text(row, where, tokenizer)

@@ -185,8 +185,13 @@ class RunDir:
         if self.path.exists() and not self.path.is_dir():
             raise InpoError(f"{self.path}: output_dir exists and is not a directory")
         if self.path.is_dir() and any(self.path.iterdir()):
-            state = self.read_state()
             cfg_file = self.path / "config.yaml"
+            try:
+                state = self.read_state()
+            except InpoError:
+                if overwrite and cfg_file.is_file():  # a damaged run may be replaced, as its message says
+                    return None
+                raise
             if "config_hash" not in state and not cfg_file.is_file():
                 raise InpoError(f"{self.path}: output_dir is not empty and holds no inpo run; refusing to use or "
                                 "delete it (choose another --output-dir)")
