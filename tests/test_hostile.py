@@ -238,7 +238,7 @@ CASES: dict[str, Case] = {
                             ["field 'data.prompts'", "NUL"]),
     "nul_in_key": (lambda w: ["train", w.cfg(text='"a\\0b": 1\n')], ["NUL"]),
     "set_alias": (lambda w: ["train", w.cfg(), "--set", "seed=*a"], ["override 'seed=*a'", "aliases"]),
-    "set_deep_value": (lambda w: ["train", w.cfg(), "--set", "task.options.x=" + deep_json(5000)],
+    "set_deep_value": (lambda w: ["train", w.cfg(), "--set", "task.options.x=" + deep_json(2000)],
                        ["override", "nested more than 64"]),
     "set_deep_key": (lambda w: ["train", w.cfg(), "--set", ".".join(["a"] * 5000) + "=1"], ["more than 64 levels"]),
     "set_huge_int": (lambda w: ["train", w.cfg(), "--set", f"seed={BIG}"], ["override", "digits"]),
