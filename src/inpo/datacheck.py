@@ -229,7 +229,7 @@ def export_pairs_trl(run_dir: str | Path, out_path: str | Path) -> int:
     from inpo.algorithms import ALGORITHMS
     from inpo.config import load_config
     from inpo.inputs import check_path, refuse_inside_run
-    from inpo.models import load_tokenizer
+    from inpo.models import load_tokenizer, resolve_model_dir
     from inpo.rundir import RunDir, check_artifact, load_stage
 
     check_path(run_dir, "RUN_DIR")
@@ -245,7 +245,7 @@ def export_pairs_trl(run_dir: str | Path, out_path: str | Path) -> int:
     if not stages:
         raise InpoError(f"{run_dir}: no sampled iterations (stages/iter_<t>/ missing)")
     ckpts = sorted(run.path.glob("iter_*/tokenizer_config.json"))
-    tok_dir = ckpts[0].parent if ckpts else cfg.model.path
+    tok_dir = ckpts[0].parent if ckpts else resolve_model_dir(cfg.model)
     if tok_dir is None:
         raise InpoError(f"{run_dir}: no checkpoint with a tokenizer (iter_<t>/) yet")
     tokenizer = load_tokenizer(tok_dir, trust_remote_code=cfg.model.trust_remote_code)
