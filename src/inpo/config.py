@@ -377,9 +377,11 @@ def check_run_version(run_dir: str | Path) -> None:
         return
     try:
         state = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError, OSError):  # bad JSON / UTF-8, nesting, huge ints, a directory
         return  # the run directory's own check reports a corrupt state file
-    version = state.get("config_version", 1) if isinstance(state, dict) else 1
+    if not isinstance(state, dict):
+        return  # likewise
+    version = state.get("config_version", 1)
     if version != CONFIG_VERSION:
         raise InpoError(f"{run_dir}: the run was made with config version {version}, this inpo reads version "
                         f"{CONFIG_VERSION} and will not resume it: {CONFIG_VERSION_CHANGES}; start a new run "

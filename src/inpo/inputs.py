@@ -362,10 +362,16 @@ def check_game_file(path: Path, arr: Any, name: str) -> None:
         raise InpoError(f"{name}: {arr.size} entries; at most {MAX_GAME_ENTRIES}")
 
 
-def check_judge_train_args(*, epochs: int, lr: float, batch_size: int, seed: int, dim: int, temperature: float,
-                           held_out: float, max_length: int) -> None:
+def check_judge_train_args(*, epochs: int, lr: float | None, batch_size: int, seed: int, dim: int,
+                           temperature: float, held_out: float, max_length: int, lora_r: int = 0,
+                           lora_alpha: int = 16, threads: int | None = None) -> None:
     check_int("--epochs", epochs, 1, 100_000)
-    check_float("--lr", lr, 0.0, 100.0, lo_open=True)
+    if lr is not None:  # None: the size-dependent default
+        check_float("--lr", lr, 0.0, 100.0, lo_open=True)
+    check_int("--lora-r", lora_r, 0, 4096)
+    check_int("--lora-alpha", lora_alpha, 1, 1 << 20)
+    if threads is not None:
+        check_int("--threads", threads, 1, 1024)
     check_int("--batch-size", batch_size, 1, 1 << 20)
     check_int("--seed", seed, 0, MAX_SEED)
     check_int("--dim", dim, 2, 4096)

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from inpo.errors import InpoError
-from inpo.inputs import MAX_SEED, check_int, check_judge_train_args, refuse_inside_run
+from inpo.inputs import MAX_SEED, check_float, check_int, check_judge_train_args, refuse_inside_run
 
 app = typer.Typer(
     name="judge",
@@ -65,7 +65,8 @@ def train(
     from inpo.judges.train import JudgeTrainConfig, train_judge
 
     check_judge_train_args(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, dim=dim, temperature=temperature,
-                           held_out=held_out, max_length=max_length)  # the input boundary (inpo.inputs)
+                           held_out=held_out, max_length=max_length, lora_r=lora_r, lora_alpha=lora_alpha,
+                           threads=threads)  # the input boundary (inpo.inputs)
     if out is None:
         out = Path("runs") / f"judge-{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
     refuse_inside_run(out, "--out")
@@ -163,6 +164,8 @@ def lm_pair(
     """A causal LM as a pairwise judge: P(A > B) from the next-token logits of A and B, both orders averaged."""
     from inpo.judges.train import write_wrapper_judge
 
+    check_int("--max-length", max_length, 2, 1 << 20)
+    refuse_inside_run(out, "OUT")
     template = _read_template(template_file)
     write_wrapper_judge(out, "lm-pair", model_dir, preset=preset, template=template, system=system,
                         max_length=max_length)
@@ -180,6 +183,8 @@ def reward_model(
     also loads as one directly)."""
     from inpo.judges.train import write_wrapper_judge
 
+    check_int("--max-length", max_length, 2, 1 << 20)
+    refuse_inside_run(out, "OUT")
     write_wrapper_judge(out, "reward-model", model_dir, template=template, max_length=max_length)
     console.print(f"wrote {out / 'judge_config.json'} (reward-model, model {model_dir.resolve()})")
 
@@ -204,6 +209,12 @@ def api(
     """An OpenAI-compatible chat-completions endpoint as a pairwise judge (both orders asked and averaged)."""
     from inpo.judges.api import DEFAULT_TEMPLATE, OpenAIPairwiseJudge
 
+    check_float("--timeout", timeout, 0.0, 86_400.0, lo_open=True)
+    check_int("--max-retries", max_retries, 0, 100)
+    check_int("--concurrency", concurrency, 1, 1024)
+    check_int("--max-tokens", max_tokens, 1, 1 << 20)
+    check_float("--temperature", temperature, 0.0, 2.0)
+    refuse_inside_run(out, "OUT")
     if (out / "judge_config.json").exists():
         raise InpoError(f"{out}: already holds a judge_config.json")
     judge = OpenAIPairwiseJudge(
