@@ -6,8 +6,10 @@ exits with code 2 (``--debug`` shows the traceback instead).
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -194,23 +196,110 @@ def _register_subcommands() -> None:
 _register_subcommands()
 
 
-def main() -> None:
-    debug = "--debug" in sys.argv
+def _one_line(msg: str) -> str:
+    """``msg`` as one printable line: line breaks and control characters (e.g. from a path) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in msg)
+
+
+def print_error(msg: str) -> None:
+    """``error: <msg>`` on stderr as one line of plain text (no markup: ``inpo[vllm]`` prints as written)."""
+    prefix = "\x1b[1;31merror:\x1b[0m" if sys.stderr.isatty() else "error:"
+    sys.stderr.write(f"{prefix} {_one_line(msg)}\n")
+    sys.stderr.flush()
+
+
+def interrupted() -> NoReturn:
+    """Ctrl-C: one line, exit code 130 (a second Ctrl-C while exiting is ignored)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    print_error("interrupted (Ctrl-C)")
+    sys.exit(130)
+
+
+def _quiet_library_warnings() -> None:
+    """Warnings of the libraries we call are not the user's business (e.g. transformers' FutureWarnings on every
+    LoRA run); inpo's own warnings (UserWarning from inpo.*) still print."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|transformers|peft|accelerate|trl)\.")
+
+
+def run_app(typer_app: typer.Typer, argv: list[str] | None = None, prog_name: str = "inpo") -> NoReturn:
+    """Run a typer app as a command: every failure is one line on stderr. Exit codes: 0 ok, 2 bad input (an
+    InpoError, an OSError such as a full disk, a usage error), 130 Ctrl-C. ``--debug`` re-raises (traceback)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
     if debug:
-        sys.argv.remove("--debug")
+        args.remove("--debug")
+    _quiet_library_warnings()
+    import threading
+
+    thread_errors: list[BaseException] = []
+
+    def thread_failed(a: threading.ExceptHookArgs) -> None:
+        """A writer thread (tensorboard's) hit a full disk: kept for one line below, not a thread traceback."""
+        if a.exc_type is not None and issubclass(a.exc_type, OSError) and a.exc_value is not None:
+            thread_errors.append(a.exc_value)
+        else:
+            threading.__excepthook__(a)
+
+    threading.excepthook = thread_failed
     try:
-        app()
+        from inpo.inputs import check_argv
+
+        check_argv(args)
+        code = typer_app(args=args, prog_name=prog_name, standalone_mode=False)
+        if thread_errors and not code:
+            e = thread_errors[0]
+            where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+            raise InpoError(f"a background writer (tracker logs under the run's logs/){where} failed: "
+                            f"{getattr(e, 'strerror', None) or e}; metrics.jsonl and checkpoints are complete")
+    except KeyboardInterrupt:
+        interrupted()
     except InpoError as e:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        print_error(str(e))
         sys.exit(2)
+    except BrokenPipeError:  # stdout closed early (`inpo game --json | head -1`): nothing more to say
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the interpreter flushes stdout at exit
+        sys.exit(1)
     except OSError as e:  # disk full, permission denied, ...: one line naming the file, not a traceback
         if debug:
             raise
         where = f"{e.filename}: " if e.filename else ""
-        err_console.print(f"[bold red]error:[/] {where}{e.strerror or e}", highlight=False, soft_wrap=True)
+        print_error(f"{where}{e.strerror or e}")
         sys.exit(2)
+    except MemoryError:
+        if debug:
+            raise
+        print_error("out of memory (an input larger than this machine can hold?)")
+        sys.exit(2)
+    except Exception as e:  # click's (typer vendors its own copy): matched by class name
+        kinds = {c.__name__ for c in type(e).__mro__}
+        if "NoArgsIsHelpError" in kinds:  # `inpo` alone: the help, as before
+            sys.stdout.write(e.format_message() + "\n")  # type: ignore[attr-defined]
+            sys.exit(2)
+        if "ClickException" in kinds:  # a usage error: one line naming the command
+            ctx = getattr(e, "ctx", None)
+            print_error(f"{ctx.command_path + ': ' if ctx is not None else ''}{e.format_message()}")  # type: ignore
+            sys.exit(int(getattr(e, "exit_code", 2)))
+        if "Abort" in kinds:
+            interrupted()
+        raise
+    finally:
+        threading.excepthook = threading.__excepthook__
+    if code == 130:  # typer turns a Ctrl-C inside a command into exit code 130
+        interrupted()
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """The ``inpo`` command (``argv``: the arguments after ``inpo``; default ``sys.argv[1:]``)."""
+    run_app(app, argv)
 
 
 if __name__ == "__main__":

@@ -302,12 +302,22 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise InpoError(f"override '{item}': expected key.sub=value")
         key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as e:
-            raise InpoError(f"override '{item}': invalid value ({getattr(e, 'problem', None) or 'YAML'})") from None
+        value = _override_value(item, key, raw)
         _set_dotted(out, key.strip(), value)
     return out
+
+
+def _override_value(item: str, key: str, raw: str) -> Any:
+    """The value of one ``--set key=value``, parsed as YAML at the input boundary (no aliases, bounded depth)."""
+    from inpo.inputs import MAX_DEPTH, check_path, yaml_loads
+
+    check_path(item, f"override '{item[:40]}'")
+    if key.count(".") >= MAX_DEPTH:
+        raise InpoError(f"override '{key[:40]}...': more than {MAX_DEPTH} levels of sections")
+    try:
+        return yaml_loads(raw, "value")
+    except InpoError as e:
+        raise InpoError(f"override '{item[:200]}': invalid {e}") from None
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -326,27 +336,29 @@ def _format_validation_error(e: ValidationError, source: str) -> str:
 
 
 def build_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    from inpo.inputs import check_run_limits, check_strings
+
+    check_strings(data, source)
     try:
-        return RunConfig.model_validate(data)
+        cfg = RunConfig.model_validate(data)
     except ValidationError as e:
         raise InpoError(_format_validation_error(e, source)) from None
+    check_run_limits(cfg, source)  # sizes and numbers within their bounds (inpo.inputs.LIMITS)
+    return cfg
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
     data: dict[str, Any] = {}
     source = "command line"
     if path is not None:
+        from inpo.inputs import check_path, load_yaml_file
+
+        check_path(path, "config")
         p = Path(path)
         source = str(p)
         if not p.is_file():
             raise InpoError(f"{p}: config file not found")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark is not None else ""
-            problem = getattr(e, "problem", None)  # e.g. "could not determine a constructor for the tag ..."
-            raise InpoError(f"{p}:{where} invalid YAML" + (f" ({problem})" if problem else "")) from None
+        loaded = load_yaml_file(p)  # UTF-8, safe tags, no aliases / duplicate keys, bounded depth
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -365,9 +377,11 @@ def check_run_version(run_dir: str | Path) -> None:
         return
     try:
         state = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError, OSError):  # bad JSON / UTF-8, nesting, huge ints, a directory
         return  # the run directory's own check reports a corrupt state file
-    version = state.get("config_version", 1) if isinstance(state, dict) else 1
+    if not isinstance(state, dict):
+        return  # likewise
+    version = state.get("config_version", 1)
     if version != CONFIG_VERSION:
         raise InpoError(f"{run_dir}: the run was made with config version {version}, this inpo reads version "
                         f"{CONFIG_VERSION} and will not resume it: {CONFIG_VERSION_CHANGES}; start a new run "

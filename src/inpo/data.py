@@ -24,12 +24,9 @@ class Prompt:
 
 
 def _read_utf8(path: Path, source: str) -> str:
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise InpoError(f"{source}: line {line}: not UTF-8 text (byte {e.start})") from None
+    from inpo.inputs import read_text
+
+    return read_text(path, source)
 
 
 def read_rows(source: str, split: str = "train") -> list[dict[str, Any]]:
@@ -38,14 +35,11 @@ def read_rows(source: str, split: str = "train") -> list[dict[str, Any]]:
         raise InpoError(f"{source}: file not found")
     if path.is_file():
         if path.suffix == ".jsonl":
+            from inpo.inputs import json_loads, jsonl_lines
+
             rows = []
-            for n, line in enumerate(_read_utf8(path, source).splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InpoError(f"{source}: line {n}: invalid JSON ({e.msg})") from None
+            for n, line in jsonl_lines(_read_utf8(path, source)):  # "\n" only: U+2028 may sit inside a string
+                row = json_loads(line, f"{source}: line {n}")
                 if not isinstance(row, dict):
                     raise InpoError(f"{source}: line {n}: expected a JSON object, got {type(row).__name__}")
                 rows.append(row)
@@ -55,6 +49,10 @@ def read_rows(source: str, split: str = "train") -> list[dict[str, Any]]:
                 data = json.loads(_read_utf8(path, source))
             except json.JSONDecodeError as e:
                 raise InpoError(f"{source}: line {e.lineno}: invalid JSON ({e.msg})") from None
+            except (ValueError, RecursionError):
+                from inpo.inputs import json_loads
+
+                data = json_loads(_read_utf8(path, source), source)  # raises the one-line error
             if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
                 raise InpoError(f"{source}: expected a JSON list of objects")
             return data
@@ -105,6 +103,17 @@ def prompt_text(row: dict[str, Any], where: str, tokenizer: Any) -> tuple[str, b
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), True
 
 
+def row_format(row: dict[str, Any]) -> str:
+    """TRL's dataset format of a row, from its fields (the rules of ``inpo data check``)."""
+    if "chosen" in row or "rejected" in row:
+        return "preference"
+    if "messages" in row:
+        return "language-modeling"
+    if "completion" in row:
+        return "prompt-completion"
+    return "prompt-only"
+
+
 def load_prompts(
     source: str, tokenizer: Any, *, split: str = "train", max_length: int = 512, too_long: str = "skip",
     limit: int | None = None, max_length_name: str = "data.max_prompt_length",
@@ -116,8 +125,18 @@ def load_prompts(
         raise InpoError(f"{source}: no rows")
     out: list[Prompt] = []
     skipped = 0
+    kind0 = None
     for n, row in enumerate(rows, start=1):
         where = f"{source}: row {n}"
+        value = row.get("prompt", row.get("messages"))
+        if isinstance(value, str | list):  # else prompt_text names what is wrong with the row
+            kind = (row_format(row), "conversational" if isinstance(value, list) else "standard")
+            kind0 = kind0 or kind
+            if kind != kind0:  # as `inpo data check` (and TRL, which reads the format from row 1) refuses it
+                if isinstance(value, list):  # a malformed row's own error first
+                    _check_messages(value, f"{where}: field '{'prompt' if 'prompt' in row else 'messages'}'")
+                raise InpoError(f"{where}: {kind[0]} {kind[1]} row in a {kind0[0]} {kind0[1]} file (row 1's format); "
+                                "a file must use one format throughout (see `inpo data check`)")
         text, is_chat = prompt_text(row, where, tokenizer)
         ids = tokenizer(text, add_special_tokens=not is_chat).input_ids
         if len(ids) > max_length:

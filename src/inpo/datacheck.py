@@ -102,7 +102,9 @@ def _value_style(value: Any, where: str, name: str) -> tuple[str, bool]:
 def _locations(path: Path, n: int) -> list[str]:
     """'line N' for JSONL (blank lines skipped as read_rows does), 'row N' (1-based) otherwise."""
     if path.suffix == ".jsonl":
-        lines = [i for i, s in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1) if s.strip()]
+        from inpo.inputs import jsonl_lines, read_text
+
+        lines = [i for i, _ in jsonl_lines(read_text(path))]  # the lines read_rows reads ("\n" only)
         return [f"line {i}" for i in lines[:n]]
     return [f"row {i}" for i in range(1, n + 1)]
 
@@ -223,17 +225,20 @@ def export_pairs_trl(run_dir: str | Path, out_path: str | Path) -> int:
     :func:`inpo.algorithms.build_pairs`, the run's pairing and its pairing seed, so they are the pairs the
     loop trained on.
     """
-    import torch
 
-    from inpo.algorithms import ALGORITHMS, build_pairs
+    from inpo.algorithms import ALGORITHMS
     from inpo.config import load_config
+    from inpo.inputs import check_path, refuse_inside_run
     from inpo.models import load_tokenizer, resolve_model_dir
-    from inpo.rundir import RunDir, seed_for
+    from inpo.rundir import RunDir, check_artifact, load_stage
 
+    check_path(run_dir, "RUN_DIR")
+    refuse_inside_run(out_path, "output")  # e.g. RUN/metrics.jsonl would replace the run's own metrics
     run = RunDir(run_dir)
     if not (run.path / "config.yaml").is_file():
         raise InpoError(f"{run_dir}: not a run directory (no config.yaml)")
     cfg = load_config(run.path / "config.yaml")
+    run.read_state()  # schema-checked
     pairing = ALGORITHMS[cfg.algo.name].pairing if cfg.algo.pairing == "default" else cfg.algo.pairing
     stages = sorted((int(d.name.removeprefix("iter_")), d) for d in (run.path / "stages").glob("iter_*")
                     if d.name.removeprefix("iter_").isdigit() and int(d.name.removeprefix("iter_")) >= 1)
@@ -246,9 +251,28 @@ def export_pairs_trl(run_dir: str | Path, out_path: str | Path) -> int:
     tokenizer = load_tokenizer(tok_dir, trust_remote_code=cfg.model.trust_remote_code)
     prompts = _run_prompts(cfg, tokenizer)
     out = Path(out_path)
+    if out.is_dir():
+        raise InpoError(f"output {out}: is a directory, expected a .jsonl file path")
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = 0
     tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        rows = _write_pairs(tmp, stages, prompts, tokenizer, cfg, pairing, check_artifact, load_stage)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(out)
+    return rows
+
+
+def _write_pairs(tmp: Path, stages: list[tuple[int, Path]], prompts: list[Any], tokenizer: Any, cfg: Any,
+                 pairing: str, check_artifact: Any, load_stage: Any) -> int:
+    import torch
+
+    from inpo.algorithms import build_pairs
+    from inpo.rundir import seed_for
+
+    rows = 0
     with tmp.open("w", encoding="utf-8") as fh:
         for t, stage_dir in stages:
             for samples_file in sorted(stage_dir.glob("s*_samples.pt")):
@@ -256,8 +280,8 @@ def export_pairs_trl(run_dir: str | Path, out_path: str | Path) -> int:
                 judged = stage_dir / f"s{step}_judgements.pt"
                 if not judged.is_file():
                     continue  # iteration interrupted before judging: nothing was trained on
-                responses = torch.load(samples_file, weights_only=True)
-                matrices = torch.load(judged, weights_only=True)
+                matrices = check_artifact(judged, load_stage(judged), len(prompts))
+                responses = check_artifact(samples_file, load_stage(samples_file), len(prompts))
                 n, k, _ = matrices.shape
                 if n != len(prompts) or len(responses) != n * k:
                     raise InpoError(f"{samples_file}: {len(responses)} samples / {n} prompts do not match the "
@@ -271,7 +295,6 @@ def export_pairs_trl(run_dir: str | Path, out_path: str | Path) -> int:
                            "step": step, "weight": w}
                     fh.write(json.dumps(row) + "\n")
                     rows += 1
-    tmp.replace(out)
     return rows
 
 

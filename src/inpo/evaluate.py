@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from inpo.config import RunConfig, SamplingConfig
+from inpo.errors import InpoError
 from inpo.judges.base import Judge
 from inpo.judges.checked import CheckedJudge
 from inpo.logprobs import batched_sequence_logprobs
@@ -114,6 +115,9 @@ def evaluate_policy(setup: Setup, policy: torch.nn.Module, cfg: RunConfig, run: 
             baseline_samples()
         return out
     ref_resp = staged(run.stage(0, "eval_ref_samples"), baseline_samples) if cache_baseline else baseline_samples()
+    if len(ref_resp) != len(prompts) or not all(isinstance(r, list) for r in ref_resp):
+        raise InpoError(f"{run.stage(0, 'eval_ref_samples')}: cached baseline samples for {len(ref_resp)} prompts, "
+                        f"but there are {len(prompts)} eval prompts (the eval prompts changed); delete the file")
     dec = setup.tokenizer.batch_decode
     scores = symmetric_win_scores(CheckedJudge(setup.judge, f"evaluation of iteration {t}"), texts,
                                   dec(flat, skip_special_tokens=True),

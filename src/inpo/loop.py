@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 
 from inpo import sharding, train
@@ -45,12 +46,13 @@ from inpo.config import RunConfig, resolve_output_dir
 from inpo.data import Prompt
 from inpo.errors import InpoError
 from inpo.evaluate import evaluate_policy
+from inpo.inputs import check_extras
 from inpo.judges.base import Judge
 from inpo.judges.checked import judge_matrices
 from inpo.logprobs import cache_logprobs
 from inpo.models import AdapterDisabled, Setup, build_setup, history_models, load_policy
 from inpo.report import flat_config, metrics_table, progress_bars, resolve_trackers, write_plots
-from inpo.rundir import RunDir, seed_for, sharded_stage
+from inpo.rundir import RunDir, seed_for, sharded_stage, writing
 from inpo.sampling import Samples, sample_responses
 from inpo.train import NonFiniteError
 
@@ -73,9 +75,21 @@ class Context:
 
 def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
         console: Console | None = None, allow_config_change: bool = False) -> list[dict[str, Any]]:
-    """Run (or resume) the iterative loop described in the module docstring; return metrics rows."""
+    """Run (or resume) the iterative loop described in the module docstring; return metrics rows. The run
+    directory is locked (:meth:`RunDir.lock`) while this runs."""
+    cfg = resolve_output_dir(cfg)
+    rundir = RunDir(cfg.output_dir)
+    try:
+        return _run(cfg, rundir, resume=resume, overwrite=overwrite, quiet=quiet, console=console,
+                    allow_config_change=allow_config_change)
+    finally:
+        rundir.unlock()
+
+
+def _run(cfg: RunConfig, rundir: RunDir, *, resume: bool, overwrite: bool, quiet: bool, console: Console | None,
+         allow_config_change: bool) -> list[dict[str, Any]]:
     ctx, policy, optimizer, done = start(resolve_output_dir(cfg), resume=resume, overwrite=overwrite, quiet=quiet,
-                                        console=console, allow_config_change=allow_config_change)
+                                        console=console, allow_config_change=allow_config_change, rundir=rundir)
     cfg, algo, setup, rundir, console = ctx.cfg, ctx.algo, ctx.setup, ctx.rundir, ctx.console
     accelerator = ctx.accelerator
     main = accelerator.is_main_process
@@ -87,12 +101,13 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet:
             rundir.write_metrics(rows)
     accelerator.wait_for_everyone()
     console.print(f"[bold]inpo[/] {algo.name}: {len(setup.train_prompts)} prompts x K={cfg.sampling.num_samples}, "
-                  f"{cfg.iterations} iterations, pairing={ctx.pairing} -> {rundir.path}")
+                  f"{cfg.iterations} iterations, pairing={ctx.pairing} -> {escape(str(rundir.path))}")
     if done:
         console.print(f"resuming after iteration {done}")
     console.print(metrics_table(rows, "start"))
     if ctx.trackers:
-        accelerator.init_trackers("inpo", config=flat_config(cfg))
+        with writing(rundir.path / "logs", "tracker logs"):
+            accelerator.init_trackers("inpo", config=flat_config(cfg))
 
     for t in range(done + 1, cfg.iterations + 1):
         times = {"time/sample": 0.0, "time/judge": 0.0, "time/logprobs": 0.0, "time/train": 0.0}
@@ -136,9 +151,10 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet:
         del full
         accelerator.wait_for_everyone()
 
-    console.print(metrics_table(rows, f"{algo.name}: summary ({rundir.path / 'metrics.jsonl'})"))
+    console.print(metrics_table(rows, f"{algo.name}: summary ({escape(str(rundir.path / 'metrics.jsonl'))})"))
     if ctx.trackers:
-        accelerator.end_training()
+        with writing(rundir.path / "logs", "tracker logs"):
+            accelerator.end_training()
     return rows
 
 
@@ -223,7 +239,8 @@ def record(ctx: Context, rows: list[dict[str, Any]], row: dict[str, Any]) -> Non
     ctx.console.print(metrics_table(rows[-1:], f"iteration {row['iteration']}"))
     write_plots(ctx.rundir, rows)
     if ctx.trackers:
-        ctx.accelerator.log({k: v for k, v in row.items() if isinstance(v, int | float)}, step=row["iteration"])
+        with writing(ctx.rundir.path / "logs", "tracker logs"):  # a full disk in tensorboard's writer: one line
+            ctx.accelerator.log({k: v for k, v in row.items() if isinstance(v, int | float)}, step=row["iteration"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -232,11 +249,15 @@ def record(ctx: Context, rows: list[dict[str, Any]], row: dict[str, Any]) -> Non
 
 
 def start(cfg: RunConfig, *, resume: bool, overwrite: bool, quiet: bool, console: Console | None,
-          allow_config_change: bool) -> tuple[Context, torch.nn.Module, torch.optim.Optimizer, int]:
-    """Everything before iteration 1: threads and seed, accelerate, the run directory checked (before any
-    write) and opened, the models loaded (pi_t from the last checkpoint on resume) and one AdamW prepared with
-    the policy. Returns the context, the prepared policy and optimizer, and the completed iterations."""
+          allow_config_change: bool, rundir: RunDir | None = None
+          ) -> tuple[Context, torch.nn.Module, torch.optim.Optimizer, int]:
+    """Everything before iteration 1: threads and seed, accelerate, the run directory locked and checked (before
+    any write), the models loaded (pi_t from the last checkpoint on resume: a changed config must load it before
+    anything is written) and the directory opened, and one AdamW prepared with the policy. Returns the context,
+    the prepared policy and optimizer, and the completed iterations."""
     from transformers.utils import logging as hf_logging
+
+    check_extras(cfg)  # peft / vllm / trackers installed, before any work
 
     hf_logging.disable_progress_bar()
     if console is None:
@@ -257,11 +278,15 @@ def start(cfg: RunConfig, *, resume: bool, overwrite: bool, quiet: bool, console
         raise InpoError(f"algo.name={algo.name}: its sampling runs pi_ref at every generated token, which FSDP2 "
                         "cannot keep in step across processes; use DDP (configs/accelerate/multi_gpu.yaml)")
     pairing = algo.pairing if cfg.algo.pairing == "default" else cfg.algo.pairing
-    rundir = RunDir(cfg.output_dir)
+    rundir = rundir if rundir is not None else RunDir(cfg.output_dir)
+    resumed = None
     if accelerator.is_main_process:
-        # refuse early; write nothing until the inputs load
-        rundir.check(cfg, resume=resume, overwrite=overwrite, allow_change=allow_config_change)
+        rundir.lock()  # a second process on the same run is refused
+        # refuse early; write nothing until the inputs (and on resume the last checkpoint) load
+        before = rundir.check(cfg, resume=resume, overwrite=overwrite, allow_change=allow_config_change)
         setup = build_setup(cfg, console, progress=not quiet)  # builds (and caches) the SFT reference once
+        if before:
+            resumed = load_policy(rundir.iter_dir(before), cfg, setup.ref_path)
         done = rundir.prepare(cfg, resume=resume, overwrite=overwrite, allow_change=allow_config_change)
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
@@ -270,7 +295,7 @@ def start(cfg: RunConfig, *, resume: bool, overwrite: bool, quiet: bool, console
         setup = build_setup(cfg, console, progress=False)
     policy = setup.policy
     if done > 0:  # resume from the last complete checkpoint
-        policy = load_policy(rundir.iter_dir(done), cfg, setup.ref_path)
+        policy = resumed if resumed is not None else load_policy(rundir.iter_dir(done), cfg, setup.ref_path)
         if cfg.peft is not None:
             setup.ref = AdapterDisabled(policy)
     if sharded:  # FSDP2 (inpo.sharding): pi_ref and the policy sharded per decoder layer, AdamW on the shards

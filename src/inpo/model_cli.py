@@ -26,8 +26,10 @@ def import_(
     out_dir: Path = typer.Argument(..., help="Output directory (must not exist or be empty)."),
 ) -> None:
     """Dequantize a GGUF model into a save_pretrained directory (safetensors, config, tokenizer)."""
+    from inpo.inputs import refuse_inside_run
     from inpo.models_real import import_gguf
 
+    refuse_inside_run(out_dir, "OUT_DIR")
     out = import_gguf(gguf_file, out_dir)
     Console().print(f"wrote {out}")
 

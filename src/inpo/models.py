@@ -92,13 +92,44 @@ class AdapterDisabled(torch.nn.Module):
 
 
 def load_policy(path: str | Path, cfg: RunConfig, base_path: str | Path) -> torch.nn.Module:
-    """A saved iterate: a full model, or (with ``peft``) the LoRA adapter in ``path`` on the base model."""
+    """A saved iterate: a full model, or (with ``peft``) the LoRA adapter in ``path`` on the base model. A
+    checkpoint that does not fit the config (adapter vs full model, another LoRA rank) is a one-line error."""
+    check_checkpoint_kind(Path(path), cfg)
     if cfg.peft is None:
         return load_causal_lm(path, trust_remote_code=cfg.model.trust_remote_code)
     from peft import PeftModel
 
     base = load_causal_lm(base_path, trust_remote_code=cfg.model.trust_remote_code)
-    return PeftModel.from_pretrained(base, str(path), is_trainable=True)
+    try:
+        return PeftModel.from_pretrained(base, str(path), is_trainable=True)
+    except Exception as e:  # noqa: BLE001 - a damaged adapter: name it, do not show peft's trace
+        raise InpoError(f"{path}: cannot load the LoRA adapter ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def check_checkpoint_kind(path: Path, cfg: RunConfig) -> None:
+    """``path`` is the kind of checkpoint ``cfg`` makes: a LoRA adapter of the same rank and alpha with ``peft``,
+    a full model without (a run cannot switch between them, or change the adapter's shape, mid-way)."""
+    import json
+
+    adapter = path / "adapter_config.json"
+    if cfg.peft is None and adapter.is_file():
+        raise InpoError(f"{path}: a LoRA adapter checkpoint, but the config has no peft section (the run was "
+                        "made with peft; keep its peft settings)")
+    if cfg.peft is not None:
+        if not adapter.is_file():
+            raise InpoError(f"{path}: a full-model checkpoint (no adapter_config.json), but the config has a peft "
+                            "section (the run was made without peft; remove it)")
+        try:
+            saved = json.loads(adapter.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise InpoError(f"{adapter}: unreadable ({type(e).__name__})") from None
+        if not isinstance(saved, dict):
+            raise InpoError(f"{adapter}: expected a JSON object")
+        for ours, theirs in (("r", "r"), ("alpha", "lora_alpha")):
+            if saved.get(theirs) != getattr(cfg.peft, ours):
+                raise InpoError(f"{path}: the adapter has {theirs}={saved.get(theirs)!r} but the config peft.{ours}="
+                                f"{getattr(cfg.peft, ours)}; a run's LoRA shape cannot change mid-way")
 
 
 def resolve_model_dir(model: ModelConfig) -> Path | None:

@@ -22,17 +22,23 @@ from inpo.errors import InpoError
 from inpo.games.dynamics import ALGORITHMS, DynamicsConfig, Trajectory, run_exact, run_sampled
 from inpo.games.matrices import GAMES, make_game, validate_game
 from inpo.games.nash import solve_nash
+from inpo.inputs import MAX_GAME_ENTRIES, check_game_args, check_game_file, refuse_inside_run
 
 
 def load_matrix(path: Path) -> np.ndarray:
     """Load a user game ``[A, A]`` or ``[X, A, A]`` from a ``.npy`` file; InpoError naming the file."""
     if not path.is_file():
         raise InpoError(f"--matrix {path}: file not found")
+    if path.stat().st_size > 8 * MAX_GAME_ENTRIES + 4096:
+        raise InpoError(f"--matrix {path}: {path.stat().st_size} bytes; a game has at most {MAX_GAME_ENTRIES} entries")
     try:
         arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise InpoError(f"--matrix {path}: not a readable .npy array ({msg})") from None
+    if not isinstance(arr, np.ndarray):
+        raise InpoError(f"--matrix {path}: not a .npy array")
+    check_game_file(path, arr, f"--matrix {path}")
     return validate_game(arr, name=f"--matrix {path}")
 
 
@@ -115,6 +121,10 @@ def game(
     lr: float = typer.Option(0.5, help="Sampled: learning rate."),
 ) -> None:
     """Algorithmic unit test on a finite preference game: duality gap per iteration per algorithm."""
+    check_game_args(actions=actions, contexts=contexts, iterations=iterations, seed=seed, eta=eta, tau=tau,
+                    beta=beta, pairs=pairs, steps=steps, lr=lr)  # the input boundary (inpo.inputs)
+    if plot is not None:
+        refuse_inside_run(plot, "--plot")
     algos = parse_algos(algo)
     if not (tau > 0 and eta > 0 and (tau <= eta or eta_schedule == "theorem4")):
         raise InpoError(f"--eta/--tau: need eta > 0 and 0 < tau <= eta (INPO's eta: 1/eta is the step; got "

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from inpo.errors import InpoError
+from inpo.inputs import MAX_SEED, check_float, check_int, check_judge_train_args, refuse_inside_run
 
 app = typer.Typer(
     name="judge",
@@ -63,8 +64,12 @@ def train(
 
     from inpo.judges.train import JudgeTrainConfig, train_judge
 
+    check_judge_train_args(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, dim=dim, temperature=temperature,
+                           held_out=held_out, max_length=max_length, lora_r=lora_r, lora_alpha=lora_alpha,
+                           threads=threads)  # the input boundary (inpo.inputs)
     if out is None:
         out = Path("runs") / f"judge-{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    refuse_inside_run(out, "--out")
     cfg = JudgeTrainConfig(
         epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, dim=dim, temperature=temperature,
         prompt_head=prompt_head, held_out=held_out, max_length=max_length, lora_r=lora_r, lora_alpha=lora_alpha,
@@ -159,6 +164,8 @@ def lm_pair(
     """A causal LM as a pairwise judge: P(A > B) from the next-token logits of A and B, both orders averaged."""
     from inpo.judges.train import write_wrapper_judge
 
+    check_int("--max-length", max_length, 2, 1 << 20)
+    refuse_inside_run(out, "OUT")
     template = _read_template(template_file)
     write_wrapper_judge(out, "lm-pair", model_dir, preset=preset, template=template, system=system,
                         max_length=max_length)
@@ -176,6 +183,8 @@ def reward_model(
     also loads as one directly)."""
     from inpo.judges.train import write_wrapper_judge
 
+    check_int("--max-length", max_length, 2, 1 << 20)
+    refuse_inside_run(out, "OUT")
     write_wrapper_judge(out, "reward-model", model_dir, template=template, max_length=max_length)
     console.print(f"wrote {out / 'judge_config.json'} (reward-model, model {model_dir.resolve()})")
 
@@ -200,6 +209,12 @@ def api(
     """An OpenAI-compatible chat-completions endpoint as a pairwise judge (both orders asked and averaged)."""
     from inpo.judges.api import DEFAULT_TEMPLATE, OpenAIPairwiseJudge
 
+    check_float("--timeout", timeout, 0.0, 86_400.0, lo_open=True)
+    check_int("--max-retries", max_retries, 0, 100)
+    check_int("--concurrency", concurrency, 1, 1024)
+    check_int("--max-tokens", max_tokens, 1, 1 << 20)
+    check_float("--temperature", temperature, 0.0, 2.0)
+    refuse_inside_run(out, "OUT")
     if (out / "judge_config.json").exists():
         raise InpoError(f"{out}: already holds a judge_config.json")
     judge = OpenAIPairwiseJudge(
@@ -230,6 +245,9 @@ def synth(
     """Write a synthetic preference dataset with a known answer (see inpo.judges.synthetic)."""
     from inpo.judges import synthetic as syn
 
+    check_int("--prompts", prompts, 1, 1_000_000)
+    check_int("--seed", seed, 0, MAX_SEED)
+    refuse_inside_run(out, "output")
     makers = {
         "cyclic": lambda: syn.cyclic_rows(prompts, seed=seed),
         "transitive": lambda: syn.transitive_rows(prompts, seed=seed),
@@ -243,19 +261,20 @@ def synth(
         raise InpoError(f"unknown synthetic dataset '{name}' (choose one of {', '.join(makers)})")
     rows = makers[name]()
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
     console.print(f"wrote {len(rows)} rows to {out}")
 
 
 def main() -> None:
-    """``python -m inpo.judges.cli ...``: the same commands before/without the main CLI."""
-    import sys
+    """``python -m inpo.judges.cli ...``: the same commands before/without the main CLI (same error handling)."""
+    from inpo.cli import run_app
 
-    try:
-        app()
-    except InpoError as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+    run_app(app, prog_name="inpo judge")
 
 
 if __name__ == "__main__":

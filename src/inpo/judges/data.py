@@ -13,7 +13,7 @@ An optional ``case`` column (string) names a subset for per-case evaluation. Bad
 from __future__ import annotations
 
 import csv
-import json
+import io
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -110,21 +110,14 @@ def parse_row(row: Any, where: str) -> PreferencePair | None:
 
 
 def _read_rows(path: Path) -> Iterable[tuple[str, Any]]:
+    from inpo.inputs import decode_utf8, json_loads, jsonl_lines, read_text
+
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield f"{path}: line {n}", json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InpoError(f"{path}: line {n}: invalid JSON ({e.msg})") from None
+        for n, line in jsonl_lines(read_text(path)):  # UTF-8 checked; lines end at "\n" only
+            yield f"{path}: line {n}", json_loads(line, f"{path}: line {n}")
     elif suffix == ".json":
-        try:
-            obj = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise InpoError(f"{path}: invalid JSON at line {e.lineno} ({e.msg})") from None
+        obj = json_loads(read_text(path), str(path))
         if isinstance(obj, Mapping) and isinstance(obj.get("data"), list):
             obj = obj["data"]
         if not isinstance(obj, list):
@@ -132,15 +125,22 @@ def _read_rows(path: Path) -> Iterable[tuple[str, Any]]:
         for n, row in enumerate(obj, start=1):
             yield f"{path}: row {n}", row
     elif suffix in (".csv", ".tsv"):
-        with path.open(encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
-            for n, row in enumerate(reader, start=1):
-                yield f"{path}: row {n}", row
+        text = decode_utf8(path.read_bytes(), str(path))
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",")
+        try:
+            rows = list(reader)
+        except csv.Error as e:
+            raise InpoError(f"{path}: line {reader.line_num}: invalid {suffix[1:].upper()} ({e})") from None
+        for n, row in enumerate(rows, start=1):
+            yield f"{path}: row {n}", row
     elif suffix == ".parquet":
-        from datasets import Dataset
+        import pyarrow.parquet as pq
 
-        ds = Dataset.from_parquet(str(path))
-        for n, row in enumerate(ds, start=1):
+        try:
+            table = pq.read_table(path).to_pylist()
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+            raise InpoError(f"{path}: not a readable parquet file ({type(e).__name__})") from None
+        for n, row in enumerate(table, start=1):
             yield f"{path}: row {n}", row
     else:
         raise InpoError(f"{path}: unsupported data format '{suffix}' (use .jsonl, .json, .csv, .tsv or .parquet)")

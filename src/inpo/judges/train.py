@@ -475,22 +475,22 @@ def save_judge(
 
 
 def read_judge_config(path: str | Path) -> dict[str, Any]:
+    from inpo.inputs import MAX_CONFIG_BYTES, check_judge_config, json_loads, read_text
+
     p = Path(path) / CONFIG_NAME
     if not p.exists():
         raise InpoError(f"{path}: not a judge directory (no {CONFIG_NAME})")
-    try:
-        config = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise InpoError(f"{p}: invalid JSON ({e.msg})") from None
+    config = json_loads(read_text(p, max_bytes=MAX_CONFIG_BYTES), str(p))  # UTF-8, JSON: one-line errors
     if not isinstance(config, dict) or config.get("kind") not in LOAD_KINDS:
         raise InpoError(f"{p}: field 'kind' must be one of {', '.join(LOAD_KINDS)}")
+    check_judge_config(config, p)
     return config
 
 
 def _config_kind(path: Path) -> str | None:
     try:
         config = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError, RecursionError):  # UnicodeDecodeError too: read_judge_config reports it
         return None
     return config.get("kind") if isinstance(config, dict) else None
 
@@ -590,8 +590,12 @@ def load_judge(path: str | Path, *, device: str = "cpu", batch_size: int = 32, k
         raise InpoError(f"{path}: cannot load judge backbone/tokenizer ({str(e).splitlines()[0]})") from None
     model = JudgeModel(backbone, config["kind"], dim=int(config.get("dim", 4)),
                        prompt_head=bool(config.get("prompt_head", False)))
-    state = load_file(str(path / HEAD_NAME))
-    result = model.load_state_dict(state, strict=False)
+    try:  # a truncated file or weights of the wrong shape: one line naming the file
+        state = load_file(str(path / HEAD_NAME))
+        result = model.load_state_dict(state, strict=False)
+    except Exception as e:  # noqa: BLE001 - safetensors and torch raise several types
+        raise InpoError(f"{path / HEAD_NAME}: unreadable or does not fit judge_config.json ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
     missing = [k for k in result.missing_keys if not k.startswith("backbone.")]
     if missing or result.unexpected_keys:
         raise InpoError(

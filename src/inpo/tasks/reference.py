@@ -161,8 +161,8 @@ def build_reference(task: BuiltinTask, cache_dir: str | Path, *, force: bool = F
                 if progress:
                     print(f"sft: reusing cached reference {out}", file=sys.stderr, flush=True)
                 return out
-        except json.JSONDecodeError:
-            pass  # corrupt metadata: rebuild
+        except ValueError:  # corrupt metadata (bad JSON, not UTF-8): rebuild
+            pass
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
