@@ -44,12 +44,14 @@ FSDP2_CPU = ROOT / "configs" / "accelerate" / "fsdp2_cpu_2proc.yaml"
 # `accelerate launch`); with argv[2] = "<c>:<n>:<marker>" the main process writes the marker after the n-th
 # optimizer step of its c-th training (train_on_pairs call) and sleeps until it is killed.
 HELPER = r"""
-import json, sys, time
+import json, os, sys, time
 from pathlib import Path
 import inpo.train as T
 from inpo.cli import app
 if len(sys.argv) > 2:
     c, n, marker = sys.argv[2].split(":", 2)
+    # torchrun starts each worker in a session of its own: the test kills them by these pids
+    Path(f"{marker}.{os.getpid()}.pid").write_text(str(os.getpid()))
     calls = [0]
     real = T.train_on_pairs
     def train_on_pairs(*args, on_step=None, **kwargs):
@@ -111,6 +113,14 @@ def restart_at_iteration_1(src: Path, dst: Path) -> None:
     (dst / "state.json").write_text(json.dumps({**state, "completed_iterations": 0}))
     rows = [line for line in (dst / "metrics.jsonl").read_text().splitlines() if json.loads(line)["iteration"] == 0]
     (dst / "metrics.jsonl").write_text("".join(r + "\n" for r in rows))
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie (a zombie holds no files, hence no lock)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def weights(run_dir: Path, t: int) -> dict[str, torch.Tensor]:
@@ -191,8 +201,16 @@ def test_fsdp2_trains_like_one_process_and_a_killed_run_resumes_bit_identical(tm
     while not marker.exists():
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun ...
+    workers = [int(p.read_text()) for p in tmp_path.glob("paused.*.pid")]
+    assert len(workers) == 2
+    for pid in workers:  # ... and its two workers, each in a session of its own
+        os.kill(pid, signal.SIGKILL)
     proc.wait(timeout=60)
+    deadline = time.monotonic() + 60
+    while any(alive(pid) for pid in workers):  # gone, and their lock on the run with them
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     assert json.loads((b / "state.json").read_text())["completed_iterations"] == 1
     assert (b / "stages" / "iter_2" / "s0_logps.pt").exists() and not (b / "iter_2").exists()
 
