@@ -277,7 +277,7 @@ class VllmWorker:
 
         env = dict(os.environ)
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        env.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
         if threads is not None:  # no core binding on a shared machine: OpenMP threads as asked
             env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
             env["OMP_NUM_THREADS"] = str(threads)
@@ -361,11 +361,21 @@ def sample_responses_vllm(
     distribution. ``logprobs`` receives each response's token log-probs (vLLM's raw log-probs: the model's)."""
     if not prompts:
         return []
-    longest = max(len(p) for p in prompts) + cfg.max_new_tokens
-    req = {"model": str(vllm_servable(model_dir)), "prompts": [list(map(int, p)) for p in prompts],
+    import json
+
+    served = vllm_servable(model_dir)
+    if max_model_len is None:  # prompt + response, rounded up to 64 (the engine is reused while this stays)
+        longest = max(len(p) for p in prompts) + cfg.max_new_tokens
+        max_model_len = -(-longest // 64) * 64
+        try:
+            limit = json.loads((Path(served) / "config.json").read_text()).get("max_position_embeddings")
+        except (OSError, ValueError):
+            limit = None
+        max_model_len = max(min(max_model_len, limit), longest) if limit else max_model_len
+    req = {"model": str(served), "prompts": [list(map(int, p)) for p in prompts],
            "seeds": request_seeds(seed, len(prompts), cfg.num_samples), "n": cfg.num_samples,
            "temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_new_tokens,
-           "stop_token_ids": [eos_id], "max_model_len": max_model_len or longest, "dtype": "float32",
+           "stop_token_ids": [eos_id], "max_model_len": max_model_len, "dtype": "float32",
            "kv_cache_bytes": cfg.vllm_kv_cache_mb << 20}
     reply = vllm_worker(python, threads).request(req)
     out: list[list[list[int]]] = []
