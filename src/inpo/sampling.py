@@ -278,6 +278,7 @@ class VllmWorker:
         env = dict(os.environ)
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         env.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+        env.setdefault("TQDM_DISABLE", "1")  # vLLM's per-engine "Loading safetensors checkpoint shards" bars
         if threads is not None:  # no core binding on a shared machine: OpenMP threads as asked
             env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
             env["OMP_NUM_THREADS"] = str(threads)
