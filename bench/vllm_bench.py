@@ -5,8 +5,10 @@ prompts, same K / temperature 1 / top-p 1 / max new tokens, same number of threa
 Throughput = generated tokens (EOS included) per second of wall time. For vLLM two numbers: ``generate`` alone
 (the engine already up) and ``with engine start`` (the loop starts one engine per iteration, because each
 iteration's weights are a new checkpoint), plus the worker's one-time start (``import vllm``). The two backends
-alternate in each repeat; medians over repeats. Also the per-sequence log-prob difference of both samplers'
-own log-probs vs a transformers forward pass (what ``sampling.reuse_logprobs`` relies on), max over sequences.
+alternate in each repeat; medians over repeats. What bounds them: forward GFLOP per generated token (2 N plus
+attention, a tied LM head counted) times tokens/s, vs fp32 ``torch.mm``'s GFLOP/s in the same run. Also the
+per-sequence log-prob difference of both samplers' own log-probs vs a transformers forward pass (what
+``sampling.reuse_logprobs`` relies on), max over sequences.
 
 Models: the built-in task's SFT reference (its prompts; responses of <= 7 tokens) and, with ``--model DIR``, any
 saved causal LM (random prompts of ``--prompt-len`` tokens; EOS as in its config).
@@ -26,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import ROOT, THREADS, median, set_threads  # noqa: E402
+from common import ROOT, THREADS, forward_flops, matmul_flops_per_s, median, set_threads  # noqa: E402
 
 
 def load(model_dir: str | None, n: int, prompt_len: int, seed: int):
@@ -124,6 +126,12 @@ def main() -> None:
               f"({res['vllm_with_engine'][-1]:.0f} with the engine start of {timing['engine']:.1f} s), "
               f"{n} tokens", flush=True)
 
+    # what bounds it: forward FLOPs per generated token (2 N + attention, the tied LM head counted) at the
+    # measured rates, vs fp32 torch.mm's rate on this machine in this run (wall)
+    c = model.config
+    ctx = (sum(map(len, prompts)) / len(prompts)) + args.max_new_tokens / 2
+    per_token = forward_flops(model, 1, ctx) + (2 * c.vocab_size * c.hidden_size if c.tie_word_embeddings else 0)
+    mm = matmul_flops_per_s()["wall"]
     summary = {
         "model": str(args.model or "builtin"), "params": sum(p.numel() for p in model.parameters()),
         "prompts": len(prompts), "k": args.k, "max_new_tokens": args.max_new_tokens, "threads": THREADS,
@@ -133,6 +141,8 @@ def main() -> None:
         "ratio_vllm_over_hf": median(res["vllm_generate"]) / median(res["hf"]),
         "ratio_with_engine": median(res["vllm_with_engine"]) / median(res["hf"]),
         "max_abs_logp_diff_hf": diffs["hf"], "max_abs_logp_diff_vllm": diffs["vllm"],
+        "gflop_per_token": per_token / 1e9, "hf_gflop_s": median(res["hf"]) * per_token / 1e9,
+        "vllm_gflop_s": median(res["vllm_generate"]) * per_token / 1e9, "torch_mm_gflop_s": mm / 1e9,
     }
     print(json.dumps(summary, indent=1))
     if args.json:

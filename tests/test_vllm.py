@@ -170,7 +170,7 @@ def test_vllm_samples_match_transformers_in_distribution_and_logprobs(cache: Pat
 
 @pytest.fixture(scope="module")
 def vllm_run(tmp_path_factory: pytest.TempPathFactory, cache: Path, vllm_python: str) -> tuple[dict, list[dict]]:
-    data = tiny_cfg(tmp_path_factory.mktemp("vllm") / "run", cache, vllm_python, iterations=3)
+    data = tiny_cfg(tmp_path_factory.mktemp("vllm") / "run", cache, vllm_python)
     return data, run(build_config(data), quiet=True)
 
 
@@ -180,15 +180,15 @@ def without_time(rows: list[dict]) -> list[dict]:
 
 def test_inpo_with_vllm_reuses_its_logprobs_as_the_anchor(vllm_run) -> None:
     data, rows = vllm_run
-    assert [r["iteration"] for r in rows] == [0, 1, 2, 3]
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
     for row in rows[1:]:  # every sequence checked against a forward pass, every iteration
         assert row["anchors/s0_from_sampler"] == 1.0
         assert row["anchors/s0_max_abs_diff_per_token"] <= 1e-3
         assert row["train/pairs"] > 0
     out = Path(data["output_dir"])
-    samples = load_stage(out / "stages" / "iter_3" / "s0_samples.pt")
+    samples = load_stage(out / "stages" / "iter_2" / "s0_samples.pt")
     assert len(samples["responses"]) == len(samples["logps"]) == 8 * 3
-    assert torch.equal(load_stage(out / "stages" / "iter_3" / "s0_logps.pt")["prev"], samples["logps"])
+    assert torch.equal(load_stage(out / "stages" / "iter_2" / "s0_logps.pt")["prev"], samples["logps"])
 
 
 def test_vllm_run_resumes_after_sigkill_bit_identical(tmp_path: Path, vllm_run) -> None:
@@ -205,13 +205,13 @@ def test_vllm_run_resumes_after_sigkill_bit_identical(tmp_path: Path, vllm_run) 
     assert proc.poll() is None, "the run ended before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)  # the loop; its vLLM worker sees its stdin close and exits
     proc.wait()
-    assert not (out / "iter_3").exists()
+    assert not (out / "iter_2").exists()
     done = subprocess.run([sys.executable, "-m", "inpo", "train", "--resume", str(out), "-q"], env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     resumed = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     assert without_time(resumed) == without_time(json.loads(json.dumps(rows)))
-    a, b = load_file(out / "iter_3" / "model.safetensors"), load_file(Path(data["output_dir"]) / "iter_3" /
+    a, b = load_file(out / "iter_2" / "model.safetensors"), load_file(Path(data["output_dir"]) / "iter_2" /
                                                                        "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
 
