@@ -2,13 +2,14 @@
 ``python -m inpo.vllm_env``) vs transformers ``generate`` (``inpo.sampling.sample_responses``), same model, same
 prompts, same K / temperature 1 / top-p 1 / max new tokens, same number of threads; both stop at EOS.
 
-Throughput = generated tokens (EOS included) per second of wall time. For vLLM two numbers: ``generate`` alone
-(the engine already up) and ``with engine start`` (the loop starts one engine per iteration, because each
-iteration's weights are a new checkpoint), plus the worker's one-time start (``import vllm``). The two backends
-alternate in each repeat; medians over repeats. What bounds them: forward GFLOP per generated token (2 N plus
-attention, a tied LM head counted) times tokens/s, vs fp32 ``torch.mm``'s GFLOP/s in the same run. Also the
-per-sequence log-prob difference of both samplers' own log-probs vs a transformers forward pass (what
-``sampling.reuse_logprobs`` relies on), max over sequences.
+Throughput = generated tokens (EOS included) per second of wall time, and per CPU second of the process that
+generates (this one; vLLM's worker), which is what the code costs on a shared machine. For vLLM two numbers:
+``generate`` alone (the engine already up) and ``with engine start`` (the loop starts one engine per
+iteration, because each iteration's weights are a new checkpoint), plus the worker's one-time start
+(``import vllm``). The two backends alternate in each repeat; medians over repeats. What bounds them: forward
+GFLOP per generated token (2 N plus attention, a tied LM head counted) times tokens/s, vs fp32 ``torch.mm``'s
+GFLOP/s in the same run. Also the per-sequence log-prob difference of both samplers' own log-probs vs a
+transformers forward pass (what ``sampling.reuse_logprobs`` relies on), max over sequences.
 
 Models: the built-in task's SFT reference (its prompts; responses of <= 7 tokens) and, with ``--model DIR``, any
 saved causal LM (random prompts of ``--prompt-len`` tokens; EOS as in its config).
@@ -81,15 +82,17 @@ def main() -> None:
     vllm_worker(python, THREADS)
     worker_start = time.perf_counter() - t0
 
-    res: dict[str, list[float]] = {"hf": [], "vllm_generate": [], "vllm_with_engine": [], "engine_start": []}
+    res: dict[str, list[float]] = {"hf": [], "vllm_generate": [], "vllm_with_engine": [], "engine_start": [],
+                                   "hf_cpu": [], "vllm_cpu": []}
     diffs = {"hf": 0.0, "vllm": 0.0}
     for rep in range(args.repeats):
         lps: list[list[float]] = []
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = sample_responses(model, prompts, cfg, eos_id=eos, pad_id=pad, seed=rep, logprobs=lps)
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         flat = [r for rs in out for r in rs]
         res["hf"].append(sum(map(len, flat)) / wall)
+        res["hf_cpu"].append(sum(map(len, flat)) / cpu)
         if rep == 0:
             fwd = batched_sequence_logprobs(model, [prompts[i // args.k] for i in range(len(flat))], flat,
                                             pad_id=pad, batch_size=64)
@@ -104,7 +107,7 @@ def main() -> None:
 
         def timed(req: dict, real=real, timing=timing) -> dict:
             reply = real(req)
-            timing.update(engine=reply["engine_s"], gen=reply["generate_s"])
+            timing.update(engine=reply["engine_s"], gen=reply["generate_s"], gen_cpu=reply["generate_cpu_s"])
             return reply
 
         worker.request = timed
@@ -118,11 +121,13 @@ def main() -> None:
         res["vllm_generate"].append(n / timing["gen"])
         res["vllm_with_engine"].append(n / wall)
         res["engine_start"].append(timing["engine"])
+        res["vllm_cpu"].append(n / timing["gen_cpu"])
         if rep == 0:
             fwd = batched_sequence_logprobs(model, [prompts[i // args.k] for i in range(len(flat))], flat,
                                             pad_id=pad, batch_size=64)
             diffs["vllm"] = float((torch.tensor([sum(x) for x in lps]) - fwd).abs().max())
-        print(f"repeat {rep}: hf {res['hf'][-1]:.0f} tok/s, vllm {res['vllm_generate'][-1]:.0f} tok/s "
+        print(f"repeat {rep}: hf {res['hf'][-1]:.0f} tok/s ({res['hf_cpu'][-1]:.0f} per CPU s), "
+              f"vllm {res['vllm_generate'][-1]:.0f} tok/s ({res['vllm_cpu'][-1]:.0f} per CPU s) "
               f"({res['vllm_with_engine'][-1]:.0f} with the engine start of {timing['engine']:.1f} s), "
               f"{n} tokens", flush=True)
 
@@ -131,18 +136,23 @@ def main() -> None:
     c = model.config
     ctx = (sum(map(len, prompts)) / len(prompts)) + args.max_new_tokens / 2
     per_token = forward_flops(model, 1, ctx) + (2 * c.vocab_size * c.hidden_size if c.tie_word_embeddings else 0)
-    mm = matmul_flops_per_s()["wall"]
+    limit = matmul_flops_per_s()
+    mm, mm_cpu = limit["wall"], limit["cpu"]
     summary = {
         "model": str(args.model or "builtin"), "params": sum(p.numel() for p in model.parameters()),
         "prompts": len(prompts), "k": args.k, "max_new_tokens": args.max_new_tokens, "threads": THREADS,
         "hf_tok_s": median(res["hf"]), "vllm_tok_s": median(res["vllm_generate"]),
         "vllm_with_engine_tok_s": median(res["vllm_with_engine"]), "engine_start_s": median(res["engine_start"]),
         "worker_start_s": worker_start,
+        "hf_tok_per_cpu_s": median(res["hf_cpu"]), "vllm_tok_per_cpu_s": median(res["vllm_cpu"]),
         "ratio_vllm_over_hf": median(res["vllm_generate"]) / median(res["hf"]),
+        "ratio_vllm_over_hf_cpu": median(res["vllm_cpu"]) / median(res["hf_cpu"]),
         "ratio_with_engine": median(res["vllm_with_engine"]) / median(res["hf"]),
         "max_abs_logp_diff_hf": diffs["hf"], "max_abs_logp_diff_vllm": diffs["vllm"],
         "gflop_per_token": per_token / 1e9, "hf_gflop_s": median(res["hf"]) * per_token / 1e9,
         "vllm_gflop_s": median(res["vllm_generate"]) * per_token / 1e9, "torch_mm_gflop_s": mm / 1e9,
+        "hf_gflop_per_cpu_s": median(res["hf_cpu"]) * per_token / 1e9,
+        "vllm_gflop_per_cpu_s": median(res["vllm_cpu"]) * per_token / 1e9, "torch_mm_gflop_per_cpu_s": mm_cpu / 1e9,
     }
     print(json.dumps(summary, indent=1))
     if args.json:

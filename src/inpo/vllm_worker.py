@@ -11,7 +11,8 @@ request (stdin, one line)::
 
 reply (one line on the protocol pipe, which is the original stdout; anything vLLM prints goes to stderr)::
 
-    {"tokens": [[[ids] x K] x N], "logprobs": [[[float per token] x K] x N], "engine_s": float, "generate_s": float}
+    {"tokens": [[[ids] x K] x N], "logprobs": [[[float per token] x K] x N], "engine_s": float, "generate_s": float,
+     "engine_cpu_s": float, "generate_cpu_s": float}  (wall and this process's CPU seconds)
     or {"error": "one line"}
 
 Each prompt has its own seed (vLLM gives the k-th of the K samples ``seed + k``), so a prompt's samples do not
@@ -48,7 +49,7 @@ def serve(proto) -> None:  # noqa: ANN001 - a text file
             continue
         req = json.loads(line)
         try:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             if _engine_key(req) != key:
                 if llm is not None:
                     del llm
@@ -58,7 +59,7 @@ def serve(proto) -> None:  # noqa: ANN001 - a text file
                           distributed_executor_backend="uni", kv_cache_memory_bytes=req.get("kv_cache_bytes"),
                           seed=0)
                 key = _engine_key(req)
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             params = [SamplingParams(n=req["n"], temperature=req["temperature"], top_p=req["top_p"], top_k=0,
                                      max_tokens=req["max_tokens"], stop_token_ids=req["stop_token_ids"],
                                      ignore_eos=True, seed=s, logprobs=0, detokenize=False)
@@ -69,7 +70,8 @@ def serve(proto) -> None:  # noqa: ANN001 - a text file
                 seqs = sorted(out.outputs, key=lambda o: o.index)
                 tokens.append([list(o.token_ids) for o in seqs])
                 logps.append([[d[t].logprob for t, d in zip(o.token_ids, o.logprobs, strict=True)] for o in seqs])
-            reply = {"tokens": tokens, "logprobs": logps, "engine_s": t1 - t0, "generate_s": time.perf_counter() - t1}
+            reply = {"tokens": tokens, "logprobs": logps, "engine_s": t1 - t0, "generate_s": time.perf_counter() - t1,
+                     "engine_cpu_s": c1 - c0, "generate_cpu_s": time.process_time() - c1}
         except Exception as e:  # noqa: BLE001 - one line back to the caller, which raises it as an InpoError
             reply = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
         proto.write(json.dumps(reply) + "\n")
