@@ -227,3 +227,31 @@ def test_egpo_with_lora_samples_the_policy_it_trains(tmp_path: Path, cache: Path
     stages = tmp_path / "run" / "stages"
     assert (stages / "iter_2" / "s1_samples.pt").exists()
     assert not list(stages.rglob("*vllm_policy*"))  # the temporary checkpoints are gone
+
+
+def test_vllm_samples_smollm2_with_the_chat_rendering_and_its_logprobs(tmp_path: Path, smollm2_dir: Path,
+                                                                         vllm_python: str) -> None:
+    """A real model: prompts rendered by its chat template (inpo.data, as the loop does), K samples each from
+    vLLM, stopping at the tokenizer's EOS, log-probs within 1e-3 nats/token of a transformers forward pass."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from inpo.data import load_prompts
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    rows = tmp_path / "p.jsonl"
+    rows.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": q}]})
+                              for q in ("Name a fruit.", "Say hi.")))
+    prompts, _ = load_prompts(str(rows), tok)
+    ids = [p.ids for p in prompts]
+    assert all(p.text.startswith("<|im_start|>") for p in prompts)
+    cfg = build_config({"sampling": {"num_samples": 2, "max_new_tokens": 16}}).sampling
+    lps: list[list[float]] = []
+    out = sample_responses_vllm(smollm2_dir, ids, cfg, eos_id=tok.eos_token_id, seed=0, python=vllm_python,
+                                threads=1, logprobs=lps)
+    flat = [r for rs in out for r in rs]
+    assert len(flat) == 4 and all(0 < len(r) <= 16 for r in flat)
+    assert all(r[-1] == tok.eos_token_id or len(r) == 16 for r in flat)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+    fwd = batched_sequence_logprobs(model, [ids[i // 2] for i in range(4)], flat, pad_id=tok.pad_token_id)
+    per_token = (torch.tensor([sum(x) for x in lps]) - fwd).abs() / torch.tensor([len(r) for r in flat])
+    assert per_token.max() <= 1e-3, per_token.max()
