@@ -88,6 +88,17 @@ def test_no_vllm_anywhere_is_one_clear_error(tmp_path: Path, monkeypatch: pytest
         vllm_env.resolve_python("/nope")
 
 
+def test_a_worker_without_vllm_is_one_clear_error() -> None:
+    import importlib.util
+
+    from inpo.sampling import VllmWorker
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("this interpreter has vLLM")
+    with pytest.raises(InpoError, match="cannot import vllm"):
+        VllmWorker(sys.executable, 1)
+
+
 def test_head_padded_copy_is_the_same_function(tmp_path: Path, setup) -> None:
     """The built-in model's 16-dim heads (vLLM's CPU attention has none) padded to 32: same logits."""
     from transformers import AutoModelForCausalLM

@@ -278,19 +278,29 @@ class VllmWorker:
         env = dict(os.environ)
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         env.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-        env.setdefault("TQDM_DISABLE", "1")  # vLLM's per-engine "Loading safetensors checkpoint shards" bars
         if threads is not None:  # no core binding on a shared machine: OpenMP threads as asked
             env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
             env["OMP_NUM_THREADS"] = str(threads)
         if Path(python).resolve() != Path(sys.executable).resolve():
             env.pop("PYTHONPATH", None)  # the other environment's packages, not this one's
         self.python = python
+        import tempfile
+
+        # vLLM's warnings and load bars go to a log file, not the run's terminal; a crash names it
+        self.log = Path(tempfile.gettempdir()) / f"inpo-vllm-worker-{os.getpid()}-{len(_WORKERS)}.log"
         try:
-            self.proc = subprocess.Popen([python, str(Path(__file__).with_name("vllm_worker.py"))], env=env,
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            with open(self.log, "w") as log:
+                self.proc = subprocess.Popen([python, str(Path(__file__).with_name("vllm_worker.py"))], env=env,
+                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
         except OSError as e:
             raise InpoError(f"sampling.vllm_python: cannot run {python} ({e.strerror})") from None
-        self._read()  # {"ready": true} once vLLM imported
+        try:
+            self._read()  # {"ready": true} once vLLM imported
+        except InpoError as e:
+            self.proc.wait()
+            if "its log:" not in str(e):  # a one-line error reply says it all
+                self.log.unlink(missing_ok=True)
+            raise
 
     def _read(self) -> dict:
         import json
@@ -298,7 +308,12 @@ class VllmWorker:
         line = self.proc.stdout.readline() if self.proc.stdout else ""
         if not line:
             code = self.proc.wait()
-            raise InpoError(f"vLLM worker ({self.python}) exited with code {code}; its output is above")
+            try:
+                last = [x for x in self.log.read_text(errors="replace").splitlines() if x.strip()][-1:]
+            except OSError:
+                last = []
+            raise InpoError(f"vLLM worker ({self.python}) exited with code {code}"
+                            + (f" ({last[0].strip()[:200]})" if last else "") + f"; its log: {self.log}")
         reply = json.loads(line)
         if "error" in reply:
             raise InpoError(f"vLLM worker ({self.python}): {reply['error']}")
@@ -322,6 +337,7 @@ class VllmWorker:
             except Exception:  # noqa: BLE001 - it did not stop on end of input
                 self.proc.kill()
                 self.proc.wait()
+        self.log.unlink(missing_ok=True)
 
 
 _WORKERS: dict[tuple[str, int | None], VllmWorker] = {}
