@@ -177,7 +177,7 @@ def sample(ctx: Context, t: int, step: int, policy: torch.nn.Module, bars: Progr
                         seed=seed_for(cfg, t, step, "sample") + accelerator.process_index,
                         mixture=mixture, progress=partial(bars.advance, bar),
                         checkpoint=partial(vllm_checkpoint, ctx, t, step, accelerator.unwrap_model(policy)),
-                        lockstep=ctx.sharded)
+                        record=step == 0 and not ctx.sharded, lockstep=ctx.sharded)
     if isinstance(out, dict):  # with the sampler's own log-probs (plain sampling)
         return Samples(prompt_ids, out["responses"], cfg.sampling.num_samples, out["logps"])
     return Samples(prompt_ids, out, cfg.sampling.num_samples)
@@ -350,15 +350,16 @@ def timed(times: dict[str, float], key: str) -> Iterator[None]:
 def sample_stage(
     idx: list[int], model: torch.nn.Module, prompt_ids: list[list[int]], cfg: RunConfig, setup: Setup, *,
     seed: int, mixture: tuple[torch.nn.Module, float] | None, progress: Callable[[int], None] | None,
-    checkpoint: Callable[[], tuple[Path, bool]] | None = None,
+    checkpoint: Callable[[], tuple[Path, bool]] | None = None, record: bool = True,
 ) -> list[list[int]] | dict[str, Any]:
     """K responses per prompt of ``idx``, flattened (prompt i, sample k -> i*K + k). The vLLM backend
     samples from ``checkpoint()``, a saved directory of the same policy (and whether it is a temporary one).
-    Plain sampling with ``sampling.reuse_logprobs``: ``{"responses": ..., "logps": [N*K] float32}``, the
-    sampler's own sequence log-probs (sum over response tokens, EOS included)."""
+    Plain sampling with ``sampling.reuse_logprobs`` and ``record`` (the samples of a step that can reuse them:
+    step 0, not under FSDP2): ``{"responses": ..., "logps": [N*K] float32}``, the sampler's own sequence
+    log-probs (sum over response tokens, EOS included)."""
     chosen = [prompt_ids[i] for i in idx]
     s = cfg.sampling
-    lps: list[list[float]] | None = [] if s.reuse_logprobs and is_plain(s) and mixture is None else None
+    lps: list[list[float]] | None = [] if record and s.reuse_logprobs and is_plain(s) and mixture is None else None
     if s.backend == "vllm":
         from inpo.sampling import sample_responses_vllm
         from inpo.vllm_env import resolve_python
