@@ -142,7 +142,7 @@ def test_export_pairs_trl_matches_the_run(tiny_run: Path, tmp_path: Path) -> Non
     rows = [json.loads(line) for line in out.read_text().splitlines()]
 
     # ground truth straight from the stage files
-    samples = torch.load(tiny_run / "stages/iter_1/s0_samples.pt", weights_only=True)
+    samples = torch.load(tiny_run / "stages/iter_1/s0_samples.pt", weights_only=True)["responses"]  # + "logps"
     m = torch.load(tiny_run / "stages/iter_1/s0_judgements.pt", weights_only=True)
     n, k, _ = m.shape
     pairs = build_pairs(m, "all")  # INPO's pairing

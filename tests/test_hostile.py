@@ -342,8 +342,9 @@ CASES: dict[str, Case] = {
     # ---- inpo train: extras and the user's prompt files ----
     "peft_not_installed": (lambda w: (no_module(w, "peft"), ["train", w.cfg(peft={"r": 4})])[1],
                            ["peft", "pip install 'inpo[peft]'"]),
-    "vllm_not_installed_markup": (lambda w: (no_module(w, "vllm"), ["train", w.cfg(sampling={"backend": "vllm"})])[1],
-                                  ["pip install 'inpo[vllm]'"]),
+    "vllm_not_installed_markup": (lambda w: (no_module(w, "vllm"), w.mp.setenv("INPO_VLLM_ENV", str(w.tmp / "no")),
+                                             ["train", w.cfg(sampling={"backend": "vllm"})])[2],
+                                  ["pip install 'inpo[vllm]'", "python -m inpo.vllm_env"]),
     "wandb_not_installed": (lambda w: (no_module(w, "wandb"), ["train", w.cfg(log_with=["wandb"])])[1],
                             ["pip install wandb"]),
     "prompts_mixed_formats": (lambda w: ["train", "-q", w.user_cfg(w.file("p.jsonl", jsonl(

@@ -90,7 +90,7 @@ def test_gpm_is_the_loops_oracle_for_a_tiny_run(trained, tmp_path: Path) -> None
     stages = tmp_path / "run" / "stages" / "iter_1"
     samples, mats = load_stage(stages / "s0_samples.pt"), load_stage(stages / "s0_judgements.pt")
     tok = task.make_tokenizer()
-    texts = tok.batch_decode(samples, skip_special_tokens=True)
+    texts = tok.batch_decode(samples["responses"], skip_special_tokens=True)
     judge, truth = load_judge(out), task.judge()
     k = 3
     assert mats.shape == (len(task.train_prompts), k, k)

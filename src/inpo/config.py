@@ -77,6 +77,14 @@ class SamplingConfig(_Frozen):
     max_new_tokens: int = Field(default=8, gt=0)
     batch_size: int = Field(default=256, gt=0, description="prompts per generate call")
     backend: Literal["transformers", "vllm"] = "transformers"
+    vllm_python: str | None = Field(default=None, description="interpreter with vLLM for backend=vllm; None: this "
+                                    "one if it has vLLM, else the environment `python -m inpo.vllm_env` built")
+    vllm_kv_cache_mb: int = Field(default=256, gt=0, description="vLLM's KV cache (on CPU it would reserve most RAM)")
+    reuse_logprobs: bool = Field(default=True, description="plain sampling (temperature 1, top_p 1): pi_t's anchor "
+                                 "log-probs are the sampler's own, no second forward pass")
+    logprob_check: int = Field(default=8, ge=0, description="sequences per step whose reused log-probs are checked "
+                               "against a forward pass (0: none); one off by > logprob_tolerance: all recomputed")
+    logprob_tolerance: float = Field(default=1e-3, gt=0, description="nats per token")
 
     @field_validator("temperature")
     @classmethod
@@ -260,9 +268,9 @@ class RunConfig(_Frozen):
 
     @model_validator(mode="after")
     def _builtin_consistency(self) -> RunConfig:
-        if self.sampling.backend == "vllm" and (self.algo.name in ("egpo", "nash-md") or self.peft is not None):
-            raise ValueError("sampling.backend=vllm supports neither egpo/nash-md (they sample from an "
-                             "unsaved or mixed policy) nor peft adapters; use backend=transformers")
+        if self.sampling.backend == "vllm" and self.algo.name == "nash-md":
+            raise ValueError("sampling.backend=vllm does not support nash-md (it samples from the token-level "
+                             "mixture of pi_t and pi_ref, two models per token); use backend=transformers")
         if self.model.path is not None and self.data.prompts is None:
             raise ValueError("data.prompts is required when model.path is set (the built-in prompts fit only "
                              "the built-in model)")

@@ -282,6 +282,8 @@ def _write_pairs(tmp: Path, stages: list[tuple[int, Path]], prompts: list[Any], 
                     continue  # iteration interrupted before judging: nothing was trained on
                 matrices = check_artifact(judged, load_stage(judged), len(prompts))
                 responses = check_artifact(samples_file, load_stage(samples_file), len(prompts))
+                if isinstance(responses, dict):  # saved with the sampler's log-probs
+                    responses = responses["responses"]
                 n, k, _ = matrices.shape
                 if n != len(prompts) or len(responses) != n * k:
                     raise InpoError(f"{samples_file}: {len(responses)} samples / {n} prompts do not match the "

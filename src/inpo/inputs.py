@@ -293,8 +293,10 @@ def check_extras(cfg: Any) -> None:
     needed = []
     if cfg.peft is not None:
         needed.append(("peft", "peft (LoRA adapters)"))
-    if cfg.sampling.backend == "vllm":
-        needed.append(("vllm", "sampling.backend=vllm"))
+    if cfg.sampling.backend == "vllm":  # vLLM in this environment or in the one `python -m inpo.vllm_env` built
+        from inpo.vllm_env import resolve_python
+
+        resolve_python(cfg.sampling.vllm_python)
     if cfg.log_with != "auto":
         needed += [(name, f"log_with: {name}") for name in cfg.log_with]
     for module, what in needed:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -53,7 +54,7 @@ from inpo.logprobs import cache_logprobs
 from inpo.models import AdapterDisabled, Setup, build_setup, history_models, load_policy
 from inpo.report import flat_config, metrics_table, progress_bars, resolve_trackers, write_plots
 from inpo.rundir import RunDir, seed_for, sharded_stage, writing
-from inpo.sampling import Samples, sample_responses
+from inpo.sampling import Samples, is_plain, sample_responses
 from inpo.train import NonFiniteError
 
 
@@ -118,6 +119,7 @@ def _run(cfg: RunConfig, rundir: RunDir, *, resume: bool, overwrite: bool, quiet
             anchor = (sharding.FrozenSnapshot(accelerator.unwrap_model(policy)) if ctx.sharded
                       else copy.deepcopy(accelerator.unwrap_model(policy)).eval())
         train_metrics: dict[str, float] = {}
+        anchor_metrics: dict[str, float] = {}
         n_pairs = 0
         for step in range(algo.steps_per_iteration):
             with progress_bars(not ctx.quiet) as bars:
@@ -127,6 +129,7 @@ def _run(cfg: RunConfig, rundir: RunDir, *, resume: bool, overwrite: bool, quiet
                     matrices = judge(ctx, t, step, samples, bars)
                 with timed(times, "time/logprobs"):
                     cache = anchor_logprobs(ctx, t, step, samples, policy, anchor)
+                anchor_metrics.update(reuse_metrics(cache, step))
                 t0 = time.perf_counter()  # a step without pairs is not timed (and gives no perf/pairs_per_s)
                 pairs = build_pairs(matrices, ctx.pairing,
                                     generator=torch.Generator().manual_seed(seed_for(cfg, t, step, "pairs")))
@@ -143,7 +146,7 @@ def _run(cfg: RunConfig, rundir: RunDir, *, resume: bool, overwrite: bool, quiet
         if main:  # one writer: checkpoint (atomic: a temp dir renamed), evaluation, metrics, state, plots
             rundir.save_checkpoint(t, unwrapped, setup.tokenizer, state_dict=full)
             perf = {"perf/pairs_per_s": n_pairs * cfg.train.epochs / times["time/train"]} if times["time/train"] else {}
-            row = {"iteration": t, **train_metrics, "train/pairs": n_pairs, **times, **perf,
+            row = {"iteration": t, **train_metrics, **anchor_metrics, "train/pairs": n_pairs, **times, **perf,
                    **evaluate_policy(setup, unwrapped, cfg, rundir, t)}
             record(ctx, rows, row)
         elif ctx.sharded:
@@ -169,13 +172,15 @@ def sample(ctx: Context, t: int, step: int, policy: torch.nn.Module, bars: Progr
     prompt_ids = [p.ids for p in setup.train_prompts]
     bar = bars.add_task(f"iter {t} sample", total=len(prompt_ids))
     mixture = (setup.ref, mixture_coefficient(cfg.algo)) if ctx.algo.sample_from_mixture else None
-    responses = sharded_stage(accelerator, ctx.rundir.stage(t, f"s{step}_samples"), sample_stage, len(prompt_ids),
-                              accelerator.unwrap_model(policy), prompt_ids, cfg, setup,
-                              seed=seed_for(cfg, t, step, "sample") + accelerator.process_index,
-                              mixture=mixture, progress=partial(bars.advance, bar),
-                              checkpoint=ctx.rundir.iter_dir(t - 1) if t > 1 else setup.ref_path,
-                              lockstep=ctx.sharded)
-    return Samples(prompt_ids, responses, cfg.sampling.num_samples)
+    out = sharded_stage(accelerator, ctx.rundir.stage(t, f"s{step}_samples"), sample_stage, len(prompt_ids),
+                        accelerator.unwrap_model(policy), prompt_ids, cfg, setup,
+                        seed=seed_for(cfg, t, step, "sample") + accelerator.process_index,
+                        mixture=mixture, progress=partial(bars.advance, bar),
+                        checkpoint=partial(vllm_checkpoint, ctx, t, step, accelerator.unwrap_model(policy)),
+                        record=step == 0 and not ctx.sharded, lockstep=ctx.sharded)
+    if isinstance(out, dict):  # with the sampler's own log-probs (plain sampling)
+        return Samples(prompt_ids, out["responses"], cfg.sampling.num_samples, out["logps"])
+    return Samples(prompt_ids, out, cfg.sampling.num_samples)
 
 
 def judge(ctx: Context, t: int, step: int, samples: Samples, bars: Progress) -> torch.Tensor:
@@ -203,9 +208,15 @@ def anchor_logprobs(ctx: Context, t: int, step: int, samples: Samples, policy: t
     same_as_ref = t == 1 and step == 0 and "ref" in models and "prev" in models
     if same_as_ref:  # pi_1 = pi_ref: one pass serves both anchors
         del models["prev"]
+    # the anchors that are the policy the samples were drawn from (step 0: pi_t; at t = 1 also pi_ref = pi_1);
+    # not under FSDP2, where a process's fallback to the forward pass would have to be every process's
+    sampler = {id(ctx.accelerator.unwrap_model(policy)), id(anchor)} | ({id(setup.ref)} if t == 1 else set())
+    reuse = [n for n, m in models.items()
+             if samples.logps is not None and step == 0 and id(m) in sampler and not ctx.sharded]
     cache = sharded_stage(ctx.accelerator, ctx.rundir.stage(t, f"s{step}_logps"), logprob_stage,
                           len(samples.prompt_ids), models, samples, pad_id=setup.pad_id,
-                          batch_size=cfg.train.logprob_batch_size, lockstep=ctx.sharded)
+                          batch_size=cfg.train.logprob_batch_size, lockstep=ctx.sharded, reuse=reuse,
+                          check=cfg.sampling.logprob_check, tolerance=cfg.sampling.logprob_tolerance)
     if same_as_ref:
         cache["prev"] = cache["ref"]
     if algo.needs_history:
@@ -228,6 +239,20 @@ def train_policy(ctx: Context, t: int, step: int, policy: torch.nn.Module, optim
     except NonFiniteError as e:
         kept = ctx.rundir.iter_dir(t - 1).name if t > 1 else "pi_ref"
         raise NonFiniteError(f"iteration {t}: {e} ({kept})") from None
+
+
+def reuse_metrics(cache: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+    """How step ``step``'s pi_t anchor was made: ``anchors/s<step>_from_sampler`` (fraction of samples whose
+    log-probs are the sampler's, 0 = all by a forward pass) and, over the sequences checked against a forward
+    pass, ``anchors/s<step>_max_abs_diff`` (nats per sequence) and ``..._max_abs_diff_per_token``."""
+    if "sampler_diff" not in cache:
+        return {}
+    out = {f"anchors/s{step}_from_sampler": cache["from_sampler"].float().mean().item()}
+    checked = ~torch.isnan(cache["sampler_diff"])
+    if checked.any():
+        out[f"anchors/s{step}_max_abs_diff"] = cache["sampler_diff"][checked].max().item()
+        out[f"anchors/s{step}_max_abs_diff_per_token"] = cache["sampler_diff_per_token"][checked].max().item()
+    return out
 
 
 def record(ctx: Context, rows: list[dict[str, Any]], row: dict[str, Any]) -> None:
@@ -325,20 +350,54 @@ def timed(times: dict[str, float], key: str) -> Iterator[None]:
 def sample_stage(
     idx: list[int], model: torch.nn.Module, prompt_ids: list[list[int]], cfg: RunConfig, setup: Setup, *,
     seed: int, mixture: tuple[torch.nn.Module, float] | None, progress: Callable[[int], None] | None,
-    checkpoint: Path | None = None,
-) -> list[list[int]]:
+    checkpoint: Callable[[], tuple[Path, bool]] | None = None, record: bool = True,
+) -> list[list[int]] | dict[str, Any]:
     """K responses per prompt of ``idx``, flattened (prompt i, sample k -> i*K + k). The vLLM backend
-    samples from ``checkpoint``, the saved directory of the same policy."""
+    samples from ``checkpoint()``, a saved directory of the same policy (and whether it is a temporary one).
+    Plain sampling with ``sampling.reuse_logprobs`` and ``record`` (the samples of a step that can reuse them:
+    step 0, not under FSDP2): ``{"responses": ..., "logps": [N*K] float32}``, the sampler's own sequence
+    log-probs (sum over response tokens, EOS included)."""
     chosen = [prompt_ids[i] for i in idx]
-    if cfg.sampling.backend == "vllm":
+    s = cfg.sampling
+    lps: list[list[float]] | None = [] if record and s.reuse_logprobs and is_plain(s) and mixture is None else None
+    if s.backend == "vllm":
         from inpo.sampling import sample_responses_vllm
+        from inpo.vllm_env import resolve_python
 
-        nested = sample_responses_vllm(str(checkpoint), chosen, cfg.sampling, eos_id=setup.eos_id, seed=seed,
-                                       trust_remote_code=cfg.model.trust_remote_code)
+        python = resolve_python(s.vllm_python)
+        path, temporary = checkpoint() if checkpoint is not None else (setup.ref_path, False)
+        try:
+            nested = sample_responses_vllm(path, chosen, s, eos_id=setup.eos_id, seed=seed, python=python,
+                                           threads=torch.get_num_threads(), logprobs=lps)
+        finally:
+            if temporary:
+                shutil.rmtree(path, ignore_errors=True)
+        if progress is not None:
+            progress(len(chosen))
     else:
-        nested = sample_responses(model, chosen, cfg.sampling, eos_id=setup.eos_id, pad_id=setup.pad_id, seed=seed,
-                                  mixture=mixture, progress=progress)
-    return [r for rs in nested for r in rs]
+        nested = sample_responses(model, chosen, s, eos_id=setup.eos_id, pad_id=setup.pad_id, seed=seed,
+                                  mixture=mixture, progress=progress, logprobs=lps)
+    flat = [r for rs in nested for r in rs]
+    if lps is None:
+        return flat
+    return {"responses": flat, "logps": torch.tensor([math.fsum(x) for x in lps], dtype=torch.float32)}
+
+
+def vllm_checkpoint(ctx: Context, t: int, step: int, policy: torch.nn.Module) -> tuple[Path, bool]:
+    """A directory vLLM loads pi (the policy sampled at step ``step`` of iteration t) from, and whether it is
+    temporary: the saved pi_t (``iter_<t-1>/``, pi_ref's directory for t = 1) when that is a full model of the
+    policy; otherwise (LoRA: merged into the base weights; EGPO's second step: the policy after the first) the
+    policy written to ``stages/iter_t/s<step>_vllm_policy/``, removed after sampling."""
+    if step == 0 and (t == 1 or ctx.cfg.peft is None):
+        return (ctx.rundir.iter_dir(t - 1) if t > 1 else ctx.setup.ref_path), False
+    if ctx.sharded:
+        raise InpoError("sampling.backend=vllm under FSDP2 samples only saved full checkpoints (not EGPO's second "
+                        "step or LoRA iterates); use backend=transformers")
+    out = ctx.rundir.stage(t, f"s{step}_vllm_policy_{ctx.accelerator.process_index}").with_suffix("")
+    shutil.rmtree(out, ignore_errors=True)
+    full = copy.deepcopy(policy).merge_and_unload() if hasattr(policy, "merge_and_unload") else policy
+    full.save_pretrained(out)
+    return out, True
 
 
 def judge_stage(idx: list[int], judge: Judge, prompts: list[Prompt], texts: list[str], k: int,
@@ -348,8 +407,41 @@ def judge_stage(idx: list[int], judge: Judge, prompts: list[Prompt], texts: list
 
 
 def logprob_stage(idx: list[int], models: dict[str, torch.nn.Module], samples: Samples, *, pad_id: int,
-                  batch_size: int) -> dict[str, torch.Tensor]:
+                  batch_size: int, reuse: list[str] | None = None, check: int = 0,
+                  tolerance: float = 1e-3) -> dict[str, torch.Tensor]:
+    """The anchors' log-probs of the samples of prompts ``idx``. Anchors named in ``reuse`` (the sampling
+    policy itself) take the sampler's log-probs, after ``check`` evenly spaced sequences are recomputed by a
+    forward pass: if any differs by more than ``tolerance`` nats per token, a forward pass computes them all.
+    With ``reuse``, also per sample: ``sampler_diff`` (|sampler - forward| per sequence, NaN if unchecked),
+    ``sampler_diff_per_token`` and ``from_sampler`` (1: the sampler's values were used)."""
     k = samples.k
-    responses = [samples.responses[i * k + j] for i in idx for j in range(k)]
+    rows = [i * k + j for i in idx for j in range(k)]
+    responses = [samples.responses[r] for r in rows]
     sub = Samples([samples.prompt_ids[i] for i in idx], responses, k)
-    return cache_logprobs(models, sub, pad_id=pad_id, batch_size=batch_size)
+    reuse = [n for n in (reuse or []) if n in models]
+    cache = cache_logprobs({n: m for n, m in models.items() if n not in reuse}, sub, pad_id=pad_id,
+                           batch_size=batch_size)
+    if not reuse or samples.logps is None:
+        return cache
+    sampler_lps = samples.logps[rows]
+    n = len(rows)
+    diff = torch.full((n,), math.nan)
+    per_token = torch.full((n,), math.nan)
+    picked = sorted({round(x) for x in torch.linspace(0, n - 1, min(check, n)).tolist()}) if n and check else []
+    ok = True
+    if picked:
+        part = Samples([sub.prompt_ids[i // k] for i in picked], [responses[i] for i in picked], 1)
+        fwd = cache_logprobs({"m": models[reuse[0]]}, part, pad_id=pad_id, batch_size=batch_size)["m"]
+        d = (sampler_lps[picked] - fwd).abs()
+        lengths = torch.tensor([max(len(responses[i]), 1) for i in picked], dtype=torch.float32)
+        diff[picked], per_token[picked] = d, d / lengths
+        ok = bool((d / lengths <= tolerance).all())
+    if ok:
+        values = sampler_lps.clone()
+    else:  # the sampler's log-probs are not pi_t's here: one forward pass for all
+        values = cache_logprobs({"m": models[reuse[0]]}, sub, pad_id=pad_id, batch_size=batch_size)["m"]
+    for name in reuse:
+        cache[name] = values
+    cache["sampler_diff"], cache["sampler_diff_per_token"] = diff, per_token
+    cache["from_sampler"] = torch.full((n,), float(ok))
+    return cache

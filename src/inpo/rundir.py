@@ -345,13 +345,21 @@ def validate_metrics_row(row: Any, where: str) -> dict[str, Any]:
 
 def check_artifact(path: Path, obj: Any, n: int) -> Any:
     """A stage artifact loaded from disk has the shape the loop writes for ``n`` prompts (K responses each):
-    ``*_samples.pt`` a list of n*K token lists, ``*_judgements.pt`` a float tensor [n, K, K], ``*_logps.pt`` a
-    dict of float tensors [n*K]. Anything else is a one-line error naming the file."""
+    ``*_samples.pt`` a list of n*K token lists (or ``{"responses": that list, "logps": [n*K]}``),
+    ``*_judgements.pt`` a float tensor [n, K, K], ``*_logps.pt`` a dict of float tensors [n*K]. Anything else is
+    a one-line error naming the file."""
     def bad(why: str) -> InpoError:
         return InpoError(f"{path}: not this run's stage artifact ({why}); delete it to recompute the stage")
 
     name = path.name
-    if name.endswith("_samples.pt"):
+    if name.endswith("_samples.pt") and isinstance(obj, dict):  # with the sampler's log-probs (plain sampling)
+        lp = obj.get("logps")
+        if set(obj) != {"responses", "logps"} or not (isinstance(lp, torch.Tensor) and lp.is_floating_point()
+                                                      and lp.dim() == 1 and isinstance(obj["responses"], list)
+                                                      and lp.shape[0] == len(obj["responses"])):
+            raise bad(f"expected {{'responses': {n} x K token lists, 'logps': a float tensor of as many}}")
+        check_artifact(path, obj["responses"], n)
+    elif name.endswith("_samples.pt"):
         if not isinstance(obj, list) or len(obj) % max(n, 1) or len(obj) < 2 * n:
             got = f"a list of {len(obj)}" if isinstance(obj, list) else f"a {type(obj).__name__}"
             raise bad(f"expected a list of {n} x K token lists, got {got}")
