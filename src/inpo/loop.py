@@ -26,10 +26,7 @@ from __future__ import annotations
 
 import copy
 import math
-import shutil
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -44,17 +41,14 @@ from rich.progress import Progress
 from inpo import sharding, train
 from inpo.algorithms import ALGORITHMS, Algorithm, Pairs, at_iteration, build_pairs, mixture_coefficient, win_rates
 from inpo.config import RunConfig, resolve_output_dir
-from inpo.data import Prompt
 from inpo.errors import InpoError
 from inpo.evaluate import evaluate_policy
 from inpo.inputs import check_extras
-from inpo.judges.base import Judge
-from inpo.judges.checked import judge_matrices
-from inpo.logprobs import cache_logprobs
 from inpo.models import AdapterDisabled, Setup, build_setup, history_models, load_policy
-from inpo.report import flat_config, metrics_table, progress_bars, resolve_trackers, write_plots
+from inpo.report import flat_config, metrics_table, progress_bars, resolve_trackers, timed, write_plots
 from inpo.rundir import RunDir, seed_for, sharded_stage, writing
-from inpo.sampling import Samples, is_plain, sample_responses
+from inpo.sampling import Samples
+from inpo.stages import judge_stage, logprob_stage, reuse_metrics, sample_stage, vllm_checkpoint
 from inpo.train import NonFiniteError
 
 
@@ -176,7 +170,9 @@ def sample(ctx: Context, t: int, step: int, policy: torch.nn.Module, bars: Progr
                         accelerator.unwrap_model(policy), prompt_ids, cfg, setup,
                         seed=seed_for(cfg, t, step, "sample") + accelerator.process_index,
                         mixture=mixture, progress=partial(bars.advance, bar),
-                        checkpoint=partial(vllm_checkpoint, ctx, t, step, accelerator.unwrap_model(policy)),
+                        checkpoint=partial(vllm_checkpoint, cfg, ctx.rundir, setup, t, step,
+                                           accelerator.unwrap_model(policy), sharded=ctx.sharded,
+                                           rank=accelerator.process_index),
                         record=step == 0 and not ctx.sharded, lockstep=ctx.sharded)
     if isinstance(out, dict):  # with the sampler's own log-probs (plain sampling)
         return Samples(prompt_ids, out["responses"], cfg.sampling.num_samples, out["logps"])
@@ -239,20 +235,6 @@ def train_policy(ctx: Context, t: int, step: int, policy: torch.nn.Module, optim
     except NonFiniteError as e:
         kept = ctx.rundir.iter_dir(t - 1).name if t > 1 else "pi_ref"
         raise NonFiniteError(f"iteration {t}: {e} ({kept})") from None
-
-
-def reuse_metrics(cache: dict[str, torch.Tensor], step: int) -> dict[str, float]:
-    """How step ``step``'s pi_t anchor was made: ``anchors/s<step>_from_sampler`` (fraction of samples whose
-    log-probs are the sampler's, 0 = all by a forward pass) and, over the sequences checked against a forward
-    pass, ``anchors/s<step>_max_abs_diff`` (nats per sequence) and ``..._max_abs_diff_per_token``."""
-    if "sampler_diff" not in cache:
-        return {}
-    out = {f"anchors/s{step}_from_sampler": cache["from_sampler"].float().mean().item()}
-    checked = ~torch.isnan(cache["sampler_diff"])
-    if checked.any():
-        out[f"anchors/s{step}_max_abs_diff"] = cache["sampler_diff"][checked].max().item()
-        out[f"anchors/s{step}_max_abs_diff_per_token"] = cache["sampler_diff_per_token"][checked].max().item()
-    return out
 
 
 def record(ctx: Context, rows: list[dict[str, Any]], row: dict[str, Any]) -> None:
@@ -337,111 +319,3 @@ def start(cfg: RunConfig, *, resume: bool, overwrite: bool, quiet: bool, console
         setup.ref.to(accelerator.device)
     ctx = Context(cfg, algo, pairing, setup, rundir, accelerator, console, quiet, trackers)
     return ctx, policy, optimizer, done
-
-
-@contextmanager
-def timed(times: dict[str, float], key: str) -> Iterator[None]:
-    """Add the wall-clock seconds of the block to ``times[key]``."""
-    t0 = time.perf_counter()
-    yield
-    times[key] += time.perf_counter() - t0
-
-
-def sample_stage(
-    idx: list[int], model: torch.nn.Module, prompt_ids: list[list[int]], cfg: RunConfig, setup: Setup, *,
-    seed: int, mixture: tuple[torch.nn.Module, float] | None, progress: Callable[[int], None] | None,
-    checkpoint: Callable[[], tuple[Path, bool]] | None = None, record: bool = True,
-) -> list[list[int]] | dict[str, Any]:
-    """K responses per prompt of ``idx``, flattened (prompt i, sample k -> i*K + k). The vLLM backend
-    samples from ``checkpoint()``, a saved directory of the same policy (and whether it is a temporary one).
-    Plain sampling with ``sampling.reuse_logprobs`` and ``record`` (the samples of a step that can reuse them:
-    step 0, not under FSDP2): ``{"responses": ..., "logps": [N*K] float32}``, the sampler's own sequence
-    log-probs (sum over response tokens, EOS included)."""
-    chosen = [prompt_ids[i] for i in idx]
-    s = cfg.sampling
-    lps: list[list[float]] | None = [] if record and s.reuse_logprobs and is_plain(s) and mixture is None else None
-    if s.backend == "vllm":
-        from inpo.sampling import sample_responses_vllm
-        from inpo.vllm_env import resolve_python
-
-        python = resolve_python(s.vllm_python)
-        path, temporary = checkpoint() if checkpoint is not None else (setup.ref_path, False)
-        try:
-            nested = sample_responses_vllm(path, chosen, s, eos_id=setup.eos_id, seed=seed, python=python,
-                                           threads=torch.get_num_threads(), logprobs=lps)
-        finally:
-            if temporary:
-                shutil.rmtree(path, ignore_errors=True)
-        if progress is not None:
-            progress(len(chosen))
-    else:
-        nested = sample_responses(model, chosen, s, eos_id=setup.eos_id, pad_id=setup.pad_id, seed=seed,
-                                  mixture=mixture, progress=progress, logprobs=lps)
-    flat = [r for rs in nested for r in rs]
-    if lps is None:
-        return flat
-    return {"responses": flat, "logps": torch.tensor([math.fsum(x) for x in lps], dtype=torch.float32)}
-
-
-def vllm_checkpoint(ctx: Context, t: int, step: int, policy: torch.nn.Module) -> tuple[Path, bool]:
-    """A directory vLLM loads pi (the policy sampled at step ``step`` of iteration t) from, and whether it is
-    temporary: the saved pi_t (``iter_<t-1>/``, pi_ref's directory for t = 1) when that is a full model of the
-    policy; otherwise (LoRA: merged into the base weights; EGPO's second step: the policy after the first) the
-    policy written to ``stages/iter_t/s<step>_vllm_policy/``, removed after sampling."""
-    if step == 0 and (t == 1 or ctx.cfg.peft is None):
-        return (ctx.rundir.iter_dir(t - 1) if t > 1 else ctx.setup.ref_path), False
-    if ctx.sharded:
-        raise InpoError("sampling.backend=vllm under FSDP2 samples only saved full checkpoints (not EGPO's second "
-                        "step or LoRA iterates); use backend=transformers")
-    out = ctx.rundir.stage(t, f"s{step}_vllm_policy_{ctx.accelerator.process_index}").with_suffix("")
-    shutil.rmtree(out, ignore_errors=True)
-    full = copy.deepcopy(policy).merge_and_unload() if hasattr(policy, "merge_and_unload") else policy
-    full.save_pretrained(out)
-    return out, True
-
-
-def judge_stage(idx: list[int], judge: Judge, prompts: list[Prompt], texts: list[str], k: int,
-                progress: Callable[[int], None] | None = None) -> torch.Tensor:
-    return judge_matrices(judge, [prompts[i] for i in idx], [texts[i * k + j] for i in idx for j in range(k)], k,
-                          progress)
-
-
-def logprob_stage(idx: list[int], models: dict[str, torch.nn.Module], samples: Samples, *, pad_id: int,
-                  batch_size: int, reuse: list[str] | None = None, check: int = 0,
-                  tolerance: float = 1e-3) -> dict[str, torch.Tensor]:
-    """The anchors' log-probs of the samples of prompts ``idx``. Anchors named in ``reuse`` (the sampling
-    policy itself) take the sampler's log-probs, after ``check`` evenly spaced sequences are recomputed by a
-    forward pass: if any differs by more than ``tolerance`` nats per token, a forward pass computes them all.
-    With ``reuse``, also per sample: ``sampler_diff`` (|sampler - forward| per sequence, NaN if unchecked),
-    ``sampler_diff_per_token`` and ``from_sampler`` (1: the sampler's values were used)."""
-    k = samples.k
-    rows = [i * k + j for i in idx for j in range(k)]
-    responses = [samples.responses[r] for r in rows]
-    sub = Samples([samples.prompt_ids[i] for i in idx], responses, k)
-    reuse = [n for n in (reuse or []) if n in models]
-    cache = cache_logprobs({n: m for n, m in models.items() if n not in reuse}, sub, pad_id=pad_id,
-                           batch_size=batch_size)
-    if not reuse or samples.logps is None:
-        return cache
-    sampler_lps = samples.logps[rows]
-    n = len(rows)
-    diff = torch.full((n,), math.nan)
-    per_token = torch.full((n,), math.nan)
-    picked = sorted({round(x) for x in torch.linspace(0, n - 1, min(check, n)).tolist()}) if n and check else []
-    ok = True
-    if picked:
-        part = Samples([sub.prompt_ids[i // k] for i in picked], [responses[i] for i in picked], 1)
-        fwd = cache_logprobs({"m": models[reuse[0]]}, part, pad_id=pad_id, batch_size=batch_size)["m"]
-        d = (sampler_lps[picked] - fwd).abs()
-        lengths = torch.tensor([max(len(responses[i]), 1) for i in picked], dtype=torch.float32)
-        diff[picked], per_token[picked] = d, d / lengths
-        ok = bool((d / lengths <= tolerance).all())
-    if ok:
-        values = sampler_lps.clone()
-    else:  # the sampler's log-probs are not pi_t's here: one forward pass for all
-        values = cache_logprobs({"m": models[reuse[0]]}, sub, pad_id=pad_id, batch_size=batch_size)["m"]
-    for name in reuse:
-        cache[name] = values
-    cache["sampler_diff"], cache["sampler_diff_per_token"] = diff, per_token
-    cache["from_sampler"] = torch.full((n,), float(ok))
-    return cache

@@ -5,6 +5,7 @@ gap per iteration), the progress bars, and the accelerate trackers (tensorboard,
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -96,3 +97,11 @@ def flat_config(cfg: RunConfig) -> dict[str, Any]:
 
     walk("", cfg.model_dump(mode="json"))
     return out
+
+
+@contextmanager
+def timed(times: dict[str, float], key: str) -> Iterator[None]:
+    """Add the wall-clock seconds of the block to ``times[key]``."""
+    t0 = time.perf_counter()
+    yield
+    times[key] += time.perf_counter() - t0
