@@ -90,11 +90,23 @@ class Encoded:
 
 
 class Encoder:
-    """Token-wise input builder with truncation (prompt cut from the left, responses from the right)."""
+    """Token-wise input builder with truncation (prompt cut from the left, responses from the right).
 
-    def __init__(self, tokenizer, max_length: int = 512):
+    ``chat=True`` (BT / Scaled-BT on a tokenizer with a chat template): a (prompt, response) is encoded as the
+    standard reward-model input instead, ``apply_chat_template([user: prompt, assistant: response])`` as TRL's
+    ``RewardTrainer`` does (its last ``max_length`` tokens when longer), so the saved judge scores the same
+    inputs as any ``AutoModelForSequenceClassification`` reward model.
+
+    The pad id is never the eos id (when the tokenizer pads with eos, its unk or id 0/1 is used instead): a
+    sequence-classification model pools the last token that is not the pad id, which must be our final token.
+    """
+
+    def __init__(self, tokenizer, max_length: int = 512, *, chat: bool = False):
         self.tokenizer = tokenizer
         self.max_length = max_length
+        if chat and not getattr(tokenizer, "chat_template", None):
+            raise InpoError("judge input 'chat' needs a tokenizer with a chat template")
+        self.chat = chat
         sep = tokenizer.sep_token or tokenizer.eos_token or "\n"
         self.sep_ids: list[int] = tokenizer(sep, add_special_tokens=False)["input_ids"] or []
         if not self.sep_ids:
@@ -104,10 +116,23 @@ class Encoder:
         eos = getattr(tokenizer, "eos_token_id", None)
         self.suffix: list[int] = [eos] if eos is not None else []
         pad = tokenizer.pad_token_id
-        if pad is None:
-            pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+        if pad is None or pad == eos:
+            unk = getattr(tokenizer, "unk_token_id", None)
+            pad = next(c for c in (unk, 0, 1) if c is not None and c != eos)
         self.pad_id = int(pad)
         self._cache: dict[str, list[int]] = {}
+        self._chat_cache: dict[tuple[str, str], list[int]] = {}
+
+    def _chat_ids(self, prompt: str, response: str) -> list[int]:
+        key = (prompt, response)
+        ids = self._chat_cache.get(key)
+        if ids is None:
+            messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+            out = self.tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)
+            ids = list(out["input_ids"])[-self.max_length:]
+            if len(self._chat_cache) < 100_000:
+                self._chat_cache[key] = ids
+        return ids
 
     def _ids(self, text: str) -> list[int]:
         ids = self._cache.get(text)
@@ -118,6 +143,8 @@ class Encoder:
         return ids
 
     def _one(self, prompt: str, responses: Sequence[str]) -> tuple[list[int], int]:
+        if self.chat and len(responses) == 1:
+            return self._chat_ids(prompt, responses[0]), 0
         p = self._ids(prompt)
         rs = [self._ids(r) for r in responses]
         n_fixed = len(self.prefix) + len(self.sep_ids) * len(rs) + len(self.suffix)
@@ -156,10 +183,10 @@ class ModelJudge:
     kind: str = ""
 
     def __init__(self, model: JudgeModel, tokenizer, *, max_length: int = 512, batch_size: int = 32,
-                 temperature: float = 0.1, device: str | torch.device = "cpu"):
+                 temperature: float = 0.1, device: str | torch.device = "cpu", chat: bool = False):
         self.model = model
         self.tokenizer = tokenizer
-        self.encoder = Encoder(tokenizer, max_length)
+        self.encoder = Encoder(tokenizer, max_length, chat=chat)
         self.batch_size = batch_size
         self.temperature = temperature
         self.device = torch.device(device)
@@ -291,6 +318,11 @@ class GPMJudge(ModelJudge):
         s = gpm_score_matrix(v, lam.mean(0))
         s = (s - s.T) / 2  # exactly antisymmetric in floating point
         return torch.sigmoid(s / self.temperature)
+
+
+def default_chat_input(kind: str, tokenizer) -> bool:
+    """BT / Scaled-BT use the standard chat reward-model input when the tokenizer has a chat template."""
+    return kind in ("bt", "scaled-bt") and bool(getattr(tokenizer, "chat_template", None))
 
 
 def make_judge(model: JudgeModel, tokenizer, **kwargs) -> ModelJudge:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaModel, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[SEP]", "[EOS]"]
 
@@ -29,11 +29,10 @@ def build_word_tokenizer(texts: Iterable[str], *, max_vocab: int = 5000) -> PreT
     )
 
 
-def build_tiny_backbone(
-    vocab_size: int, *, hidden_size: int = 32, num_layers: int = 1, num_heads: int = 2, seed: int = 0
-) -> LlamaModel:
-    """A randomly initialised ``LlamaModel`` (no LM head), seeded."""
-    config = LlamaConfig(
+def tiny_llama_config(
+    vocab_size: int, *, hidden_size: int = 32, num_layers: int = 1, num_heads: int = 2
+) -> LlamaConfig:
+    return LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
@@ -46,9 +45,27 @@ def build_tiny_backbone(
         eos_token_id=3,
         tie_word_embeddings=False,
     )
+
+
+def build_tiny_backbone(
+    vocab_size: int, *, hidden_size: int = 32, num_layers: int = 1, num_heads: int = 2, seed: int = 0
+) -> LlamaModel:
+    """A randomly initialised ``LlamaModel`` (no LM head), seeded."""
+    config = tiny_llama_config(vocab_size, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = LlamaModel(config)
+    return model
+
+
+def build_tiny_causal_lm(
+    vocab_size: int, *, hidden_size: int = 32, num_layers: int = 1, num_heads: int = 2, seed: int = 0
+) -> LlamaForCausalLM:
+    """A randomly initialised ``LlamaForCausalLM``, seeded (``inpo judge train --kind lm-pair --base builtin-tiny``)."""
+    config = tiny_llama_config(vocab_size, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
     return model
 
 
