@@ -115,10 +115,14 @@ def _register_subcommands() -> None:
     from inpo.datacheck import data_app
     from inpo.games.cli import game
     from inpo.judges.cli import app as judge_app
+    from inpo.model_cli import app as model_app
 
     app.command("game")(game)
     app.add_typer(data_app, name="data")
-    app.add_typer(judge_app, name="judge", help="Train and evaluate preference models (BT, Scaled-BT, pair, GPM).")
+    app.add_typer(judge_app, name="judge",
+                  help="Preference models: train and evaluate BT, Scaled-BT, pair, GPM, lm-pair; reward-model and API "
+                       "judges.")
+    app.add_typer(model_app, name="model", help="Real models without a hub: import a GGUF file; SmolLM2 from PyPI.")
 
 
 _register_subcommands()

@@ -27,10 +27,25 @@ def _finite_positive(name: str, v: float) -> float:
 
 
 class ModelConfig(_Frozen):
-    """The policy. ``path=None`` means the built-in task's tiny LM (SFT'd in code)."""
+    """The policy. ``path=None`` means the built-in task's tiny LM (SFT'd in code).
+
+    ``path``: a transformers model directory, or a ``.gguf`` file (or a directory plus ``gguf_file``, the name of
+    a ``.gguf`` file in it, as transformers' ``gguf_file=``): a GGUF model is imported once into a plain
+    safetensors directory under the cache (``inpo.models_real.gguf_model_dir``), which the run then uses.
+    """
 
     path: str | None = None
+    gguf_file: str | None = None
     trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _gguf(self) -> ModelConfig:
+        if self.gguf_file is not None:
+            if self.path is None:
+                raise ValueError("model.gguf_file needs model.path (the directory holding the file)")
+            if not self.gguf_file.lower().endswith(".gguf"):
+                raise ValueError(f"model.gguf_file must name a .gguf file, got {self.gguf_file!r}")
+        return self
 
 
 class PeftConfig(_Frozen):

@@ -227,7 +227,7 @@ def export_pairs_trl(run_dir: str | Path, out_path: str | Path) -> int:
 
     from inpo.algorithms import ALGORITHMS, build_pairs
     from inpo.config import load_config
-    from inpo.models import load_tokenizer
+    from inpo.models import load_tokenizer, resolve_model_dir
     from inpo.rundir import RunDir, seed_for
 
     run = RunDir(run_dir)
@@ -240,7 +240,7 @@ def export_pairs_trl(run_dir: str | Path, out_path: str | Path) -> int:
     if not stages:
         raise InpoError(f"{run_dir}: no sampled iterations (stages/iter_<t>/ missing)")
     ckpts = sorted(run.path.glob("iter_*/tokenizer_config.json"))
-    tok_dir = ckpts[0].parent if ckpts else cfg.model.path
+    tok_dir = ckpts[0].parent if ckpts else resolve_model_dir(cfg.model)
     if tok_dir is None:
         raise InpoError(f"{run_dir}: no checkpoint with a tokenizer (iter_<t>/) yet")
     tokenizer = load_tokenizer(tok_dir, trust_remote_code=cfg.model.trust_remote_code)

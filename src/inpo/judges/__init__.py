@@ -1,4 +1,5 @@
-"""Preference oracles (judges): protocol, ground truth, BT / Scaled-BT, pairwise, GPM.
+"""Preference oracles (judges): protocol, ground truth, BT / Scaled-BT, pairwise, GPM, and from the ecosystem:
+standard reward models (``reward-model``), causal LMs as pairwise models (``lm-pair``), API chat models.
 
 ``Judge`` protocol: ``prob(prompts, a, b) -> P(a > b)`` and ``matrix(prompt, responses) -> [K, K]``.
 Learned judges are trained with :func:`train_judge` (CLI ``inpo judge train``) and read back with
@@ -8,8 +9,10 @@ Learned judges are trained with :func:`train_judge` (CLI ``inpo judge train``) a
 from inpo.judges.base import Judge, matrix_from_prob
 from inpo.judges.data import PreferencePair, load_preferences
 from inpo.judges.func import CallableJudge
+from inpo.judges.lm_pair import LMPairJudge
 from inpo.judges.losses import bt_loss, gpm_loss, gpm_score, pair_loss, scaled_bt_loss
 from inpo.judges.models import GPMJudge, JudgeModel, PairJudge, RewardJudge
+from inpo.judges.reward_model import RewardModelJudge
 from inpo.judges.synthetic import StyleJudge
 from inpo.judges.train import JudgeTrainConfig, evaluate_pairs, load_judge, save_judge, train_judge
 
@@ -19,9 +22,11 @@ __all__ = [
     "Judge",
     "JudgeModel",
     "JudgeTrainConfig",
+    "LMPairJudge",
     "PairJudge",
     "PreferencePair",
     "RewardJudge",
+    "RewardModelJudge",
     "StyleJudge",
     "bt_loss",
     "evaluate_pairs",

@@ -110,6 +110,8 @@ class OpenAIPairwiseJudge:
     Attributes ``requests``, ``parse_failures`` count HTTP requests made and replies that did not parse.
     """
 
+    kind = "openai"
+
     def __init__(
         self,
         base_url: str,

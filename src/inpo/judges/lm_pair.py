@@ -15,10 +15,12 @@ responses asks the K(K-1)/2 unordered pairs in both orders: K(K-1) sequences.
 Presets (``preset``):
 
 * ``"rlhflow"``: the template of RLHFlow's pair-preference-model-LLaMA3-8B, copied from the "Service the RM"
-  example of RLHFlow/RLHF-Reward-Modeling ``pair-pm/README.md``: the context is the prompt rendered with the
-  plain template ``"\\n\\n<turn> user\\n {prompt}"`` (their ``tokenizer_plain`` chat template, a leading and three
-  trailing newlines), the user message is ``"[CONTEXT] {context} [RESPONSE A] {response_a} [RESPONSE B]
-  {response_b} \\n"``, rendered with the model's own chat template, BOS text removed (as their code does);
+  example of RLHFlow/RLHF-Reward-Modeling ``pair-pm/README.md``: the context is the prompt rendered with their
+  ``tokenizer_plain`` chat template, which transformers' template engine (``trim_blocks``, no trailing newline)
+  renders as ``"\\n\\n<turn> user\\n {prompt}\\n"`` (tested against their template; it is also the form of the
+  example row in their README), the user message is
+  ``"[CONTEXT] {context} [RESPONSE A] {response_a} [RESPONSE B] {response_b} \\n"``, rendered with the model's own
+  chat template, BOS text removed (as their code does);
   answer tokens ``A`` / ``B``, temperature 1. Deviation: their example calls ``apply_chat_template`` without
   ``add_generation_prompt``; here it is on by default (``add_generation_prompt=True``) so that the next token is
   the assistant's first token, the position their training data (user message, assistant ``"A"``/``"B"``)
@@ -49,7 +51,7 @@ from inpo.judges.api import DEFAULT_TEMPLATE
 from inpo.judges.base import matrix_from_prob
 
 RLHFLOW_TEMPLATE = "[CONTEXT] {context} [RESPONSE A] {response_a} [RESPONSE B] {response_b} \n"
-RLHFLOW_CONTEXT = "\n\n\n<turn> user\n {prompt}\n\n\n"
+RLHFLOW_CONTEXT = "\n\n<turn> user\n {prompt}\n"
 PRESETS = ("generic", "rlhflow")
 
 
