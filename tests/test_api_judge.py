@@ -110,6 +110,22 @@ def test_probabilities_both_orders_position_bias_and_key_header(server, monkeypa
     assert clone.config() == judge.config()
 
 
+def test_raw_prob_one_order_and_position_bias_in_battles(server, monkeypatch) -> None:
+    from inpo.battles import battle, position_flip_rate
+
+    monkeypatch.setenv("INPO_TEST_KEY", KEY)
+    stub, url = server(lambda p, a, b: "B" if score(b) - score(a) > 0.25 else "A")  # the biased judge above
+    judge = OpenAIPairwiseJudge(url, "judge-model", api_key_env="INPO_TEST_KEY", timeout=5, max_retries=0)
+    a, b = ["q0.9", "q0.5", "q0.5", "q0.1"], ["q0.1", "q0.6", "q0.5", "q0.9"]
+    # one request per row, the first response shown as A: "A" unless B is better by > 0.25
+    assert judge.raw_prob(["x"] * 4, a, b).tolist() == [1.0, 1.0, 1.0, 0.0] and len(stub.requests) == 4
+    res = battle(judge, ["x"] * 4, a, b)  # a = the model, b = the reference; 8 requests
+    # model first: f(a, b) = 1, 1, 1, 0; model second: 1 - f(b, a) = 1 - (0, 1, 1, 1) = 1, 0, 0, 0
+    assert res.model_first.tolist() == [1.0, 1.0, 1.0, 0.0] and res.model_second.tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert res.scores.tolist() == judge.prob(["x"] * 4, a, b).tolist()  # the same as the symmetrized judge
+    assert position_flip_rate(res.model_first, res.model_second) == 0.5  # rows 2 and 3 flip with the order
+
+
 def test_saved_config_has_no_key(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("INPO_TEST_KEY", KEY)
     judge = OpenAIPairwiseJudge("http://127.0.0.1:1/v1", "m", api_key_env="INPO_TEST_KEY", system="be fair")

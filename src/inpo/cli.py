@@ -69,17 +69,88 @@ def train(
 
 @app.command("eval")
 def eval_(
-    run_dir: Path = typer.Argument(..., help="A run directory written by `inpo train`."),
-    iteration: int | None = typer.Option(None, "--iteration", help="Which iter_<t> (default: the last)."),
+    runs: list[Path] = typer.Argument(..., help="Run directories written by `inpo train` (several: with --reference)."),
+    iteration: str | None = typer.Option(
+        None, "--iteration", help="Which iter_<t>: N, a list 0,2,4, 'all' or 'last' (default); 0 = pi_ref."),
     judge: str | None = typer.Option(None, "--judge", help="Judge directory, or 'builtin' (default: the run's)."),
+    reference: Path | None = typer.Option(
+        None, "--reference", help="Battle fixed reference outputs (AlpacaEval JSON, e.g. pi_ref's from --outputs): "
+        "win rate with 95% bootstrap CI, AlpacaEval's LC win rate, lengths, position bias."),
+    outputs: Path | None = typer.Option(
+        None, "--outputs", help="Write the iterate's outputs: FILE.json (AlpacaEval), FILE_arena-hard/ (Arena-Hard), "
+        "FILE.config.json (decoding)."),
+    greedy: bool = typer.Option(False, "--greedy", help="Greedy outputs (default: sampled as the run's config)."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed of the evaluated outputs."),
+    lc_ci: int = typer.Option(0, "--lc-ci", help="Bootstrap resamples for a 95% CI of the LC win rate (0: none)."),
+    plot: Path | None = typer.Option(None, "--plot", help="With --reference: win rate vs iteration, PNG."),
     baseline: Path | None = typer.Option(None, "--baseline", help="Baseline model directory (default: pi_ref)."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON (one object per evaluated iterate)."),
 ) -> None:
-    """Win rate of a run's iterate against a baseline (both orders, ties half, 95% CI), KL and length."""
+    """Evaluate iterates: without --reference/--outputs, the win rate against pi_ref's samples (both orders, ties
+    half, 95% CI), KL and length; with them, outputs in AlpacaEval / Arena-Hard formats and battles against fixed
+    reference outputs, one table row per run and iterate."""
     import json
 
     from rich.table import Table
 
+    console = Console(quiet=json_out)
+    if not console.is_terminal:
+        console.width = 160
+    if reference is None and outputs is None:
+        if plot is not None or lc_ci:
+            raise InpoError("--plot and --lc-ci need --reference")
+        if len(runs) != 1:
+            raise InpoError("several runs are compared against --reference outputs")
+        metrics = _eval_vs_pi_ref(runs[0], iteration, judge, baseline, console)
+        if json_out:
+            print(json.dumps(metrics))
+            return
+        table = Table(title=f"{runs[0]} iter_{metrics['iteration']} vs {baseline or 'pi_ref'}")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for k, v in metrics.items():
+            table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+        console.print(table)
+        return
+    if baseline is not None:
+        raise InpoError("--baseline is for the win rate vs sampled baseline responses; with --reference the "
+                        "reference is the outputs file")
+    if plot is not None and reference is None:
+        raise InpoError("--plot needs --reference")
+    from inpo.battles import plot_win_rates
+    from inpo.outputs import evaluate_runs
+
+    def show(row: dict) -> None:
+        if json_out:
+            print(json.dumps(row), flush=True)
+
+    rows = evaluate_runs(runs, iteration, judge=judge, reference=reference, outputs=outputs, greedy=greedy,
+                         seed=seed, lc_boot=lc_ci, on_row=show)
+    if outputs is not None:
+        console.print(f"wrote {outputs} (AlpacaEval), {outputs.with_name(outputs.stem + '_arena-hard')}/ (Arena-Hard), "
+                      f"{outputs.with_name(outputs.stem + '.config.json')}")
+    if not rows:
+        return
+    if plot is not None:
+        plot_win_rates(rows, plot)
+    table = Table(title=f"vs {rows[0]['reference']} ({reference}), judge {rows[0]['judge']}, {rows[0]['n']} prompts")
+    for col in ("run", "iter", "win rate [95% CI]", "LC win rate", "length", "ref length", "position bias"):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for r in rows:
+        lc = "-" if r["lc_win_rate"] is None else f"{r['lc_win_rate']:.3f}"
+        if r["lc_ci_low"] is not None:
+            lc += f" [{r['lc_ci_low']:.3f}, {r['lc_ci_high']:.3f}]"
+        table.add_row(r["run"], str(r["iteration"]),
+                      f"{r['win_rate']:.3f} [{r['win_rate_ci_low']:.3f}, {r['win_rate_ci_high']:.3f}]", lc,
+                      f"{r['length']:.1f}", f"{r['reference_length']:.1f}", f"{r['position_bias']:.3f}")
+    console.print(table)
+    notes = dict.fromkeys(r["lc_note"] for r in rows if r.get("lc_note"))
+    for note in notes:
+        err_console.print(f"[yellow]LC win rate not computed: {note}[/]", highlight=False, soft_wrap=True)
+
+
+def _eval_vs_pi_ref(run_dir: Path, iteration: str | None, judge: str | None, baseline: Path | None,
+                    console: Console) -> dict:
     from inpo.config import load_config
     from inpo.evaluate import evaluate_policy
     from inpo.models import build_setup, load_causal_lm, load_policy
@@ -91,24 +162,16 @@ def eval_(
     overrides = {"judge": {"path": judge}} if judge is not None else {}
     cfg = load_config(cfg_path, overrides)
     rundir = RunDir(run_dir)
-    t = iteration if iteration is not None else int(rundir.read_state().get("completed_iterations", 0))
+    if iteration is not None and not iteration.isdigit():
+        raise InpoError(f"--iteration {iteration!r}: one iteration number without --reference/--outputs")
+    t = int(iteration) if iteration is not None else int(rundir.read_state().get("completed_iterations", 0))
     if t < 1 or not rundir.iter_dir(t).is_dir():
         raise InpoError(f"{run_dir}: no checkpoint iter_{t}")
-    console = Console(quiet=json_out)
     setup = build_setup(cfg, console, progress=False)
     if baseline is not None:
         setup.ref = load_causal_lm(baseline, trust_remote_code=cfg.model.trust_remote_code).eval()
     policy = load_policy(rundir.iter_dir(t), cfg, setup.ref_path).eval()
-    metrics = {"iteration": t, **evaluate_policy(setup, policy, cfg, rundir, t, cache_baseline=baseline is None)}
-    if json_out:
-        print(json.dumps(metrics))
-        return
-    table = Table(title=f"{run_dir} iter_{t} vs {baseline or 'pi_ref'}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in metrics.items():
-        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
-    console.print(table)
+    return {"iteration": t, **evaluate_policy(setup, policy, cfg, rundir, t, cache_baseline=baseline is None)}
 
 
 def _register_subcommands() -> None:

@@ -280,6 +280,21 @@ class OpenAIPairwiseJudge:
         n = len(prompts)
         return torch.tensor([combine_orders(f[i], f[n + i]) for i in range(n)], dtype=torch.float64)
 
+    def raw_prob(self, prompts: list[str], responses_a: list[str], responses_b: list[str]) -> torch.Tensor:
+        """f(a, b) per row: P(first better) with ``a`` shown first, one order only (one request per row; the
+        position-bias diagnostic of ``inpo eval --reference``)."""
+        if not len(prompts) == len(responses_a) == len(responses_b):
+            raise InpoError(
+                f"judge.prob: lengths differ (prompts {len(prompts)}, a {len(responses_a)}, b {len(responses_b)})"
+            )
+        jobs = list(zip(prompts, responses_a, responses_b, strict=True))
+        if self.concurrency == 1 or len(jobs) <= 1:
+            f = [self._ask(*j) for j in jobs]
+        else:
+            with ThreadPoolExecutor(max_workers=min(self.concurrency, len(jobs))) as pool:
+                f = list(pool.map(lambda j: self._ask(*j), jobs))
+        return torch.tensor(f, dtype=torch.float64)
+
     def matrix(self, prompt: str, responses: list[str]) -> torch.Tensor:
         """K x K matrix from K(K-1)/2 pairs, each asked in both orders: K(K-1) requests."""
         return matrix_from_prob(self, prompt, responses)

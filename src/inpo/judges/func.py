@@ -51,6 +51,16 @@ class CallableJudge:
             raise InpoError(f"callable judge raised {type(e).__name__}({e}) on row {row} {order}") from e
         return _check_prob(value, row, order)
 
+    def raw_prob(self, prompts: list[str], responses_a: list[str], responses_b: list[str]) -> torch.Tensor:
+        """The unsymmetrized ``fn(prompt, a, b)`` per row (one presentation order; a position-bias diagnostic)."""
+        if not len(prompts) == len(responses_a) == len(responses_b):
+            raise InpoError(
+                f"judge.prob: lengths differ (prompts {len(prompts)}, a {len(responses_a)}, b {len(responses_b)})"
+            )
+        return torch.tensor([self._call(x, a, b, i, "(a, b)")
+                             for i, (x, a, b) in enumerate(zip(prompts, responses_a, responses_b, strict=True))],
+                            dtype=torch.float64)
+
     def prob(self, prompts: list[str], responses_a: list[str], responses_b: list[str]) -> torch.Tensor:
         if not len(prompts) == len(responses_a) == len(responses_b):
             raise InpoError(
