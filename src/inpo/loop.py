@@ -41,7 +41,7 @@ from rich.progress import Progress
 
 from inpo import train
 from inpo.algorithms import ALGORITHMS, Algorithm, Pairs, build_pairs, win_rates
-from inpo.config import RunConfig, resolve_output_dir
+from inpo.config import RunConfig, resolve_output_dir, with_absolute_paths
 from inpo.data import Prompt
 from inpo.evaluate import evaluate_policy
 from inpo.judges.base import Judge
@@ -50,7 +50,7 @@ from inpo.logprobs import cache_logprobs
 from inpo.models import AdapterDisabled, Setup, build_setup, history_models, load_policy
 from inpo.report import flat_config, metrics_table, progress_bars, resolve_trackers, write_plots
 from inpo.rundir import RunDir, seed_for, sharded_stage
-from inpo.sampling import Samples, sample_responses
+from inpo.sampling import Samples, response_texts, sample_responses, truncated
 from inpo.train import NonFiniteError
 
 
@@ -71,12 +71,18 @@ class Context:
 
 def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
         console: Console | None = None, allow_config_change: bool = False) -> list[dict[str, Any]]:
-    """Run (or resume) the iterative loop described in the module docstring; return metrics rows."""
-    ctx, policy, optimizer, done = start(resolve_output_dir(cfg), resume=resume, overwrite=overwrite, quiet=quiet,
+    """Run (or resume) the iterative loop described in the module docstring; return metrics rows.
+
+    Relative file paths of the config are made absolute (the run directory records them so; ``state.json``'s
+    ``paths_as_given`` keeps the text as given)."""
+    cfg, given = with_absolute_paths(resolve_output_dir(cfg))
+    ctx, policy, optimizer, done = start(cfg, resume=resume, overwrite=overwrite, quiet=quiet,
                                         console=console, allow_config_change=allow_config_change)
     cfg, algo, setup, rundir, console = ctx.cfg, ctx.algo, ctx.setup, ctx.rundir, ctx.console
     accelerator = ctx.accelerator
     main = accelerator.is_main_process
+    if main and given and rundir.read_state().get("paths_as_given") != given:
+        rundir.write_state({**rundir.read_state(), "paths_as_given": given})
     rows = [r for r in rundir.read_metrics() if r["iteration"] <= done]
     if not rows and main:  # iteration 0: pi_ref itself
         rows = [{"iteration": 0, **evaluate_policy(setup, accelerator.unwrap_model(policy), cfg, rundir, 0)}]
@@ -96,10 +102,13 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet:
         anchor = copy.deepcopy(accelerator.unwrap_model(policy)).eval() if algo.steps_per_iteration > 1 else None
         train_metrics: dict[str, float] = {}
         n_pairs = 0
+        cut: list[bool] = []
         for step in range(algo.steps_per_iteration):
             with progress_bars(not ctx.quiet) as bars:
                 with timed(times, "time/sample"):
                     samples = sample(ctx, t, step, policy, bars)
+                cut += truncated(samples.responses, setup.stop_ids or [setup.eos_id], setup.tokenizer,
+                                 cfg.sampling.stop)
                 with timed(times, "time/judge"):
                     matrices = judge(ctx, t, step, samples, bars)
                 with timed(times, "time/logprobs"):
@@ -120,6 +129,7 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet:
             rundir.save_checkpoint(t, unwrapped, setup.tokenizer)
             perf = {"perf/pairs_per_s": n_pairs * cfg.train.epochs / times["time/train"]} if times["time/train"] else {}
             row = {"iteration": t, **train_metrics, "train/pairs": n_pairs, **times, **perf,
+                   "sample/truncated": sum(cut) / max(1, len(cut)),
                    **evaluate_policy(setup, unwrapped, cfg, rundir, t)}
             record(ctx, rows, row)
         accelerator.wait_for_everyone()
@@ -152,7 +162,7 @@ def sample(ctx: Context, t: int, step: int, policy: torch.nn.Module, bars: Progr
 def judge(ctx: Context, t: int, step: int, samples: Samples, bars: Progress) -> torch.Tensor:
     """[N, K, K] preference matrices of the samples, one per prompt, checked (:mod:`inpo.judges.checked`)."""
     setup = ctx.setup
-    texts = setup.tokenizer.batch_decode(samples.responses, skip_special_tokens=True)
+    texts = response_texts(setup.tokenizer, samples.responses, ctx.cfg.sampling.stop)
     bar = bars.add_task(f"iter {t} judge", total=len(samples.prompt_ids))
     return sharded_stage(ctx.accelerator, ctx.rundir.stage(t, f"s{step}_judgements"), judge_stage,
                          len(samples.prompt_ids), setup.judge, setup.train_prompts, texts, samples.k,
@@ -283,10 +293,11 @@ def sample_stage(
         from inpo.sampling import sample_responses_vllm
 
         nested = sample_responses_vllm(str(checkpoint), chosen, cfg.sampling, eos_id=setup.eos_id, seed=seed,
-                                       trust_remote_code=cfg.model.trust_remote_code)
+                                       trust_remote_code=cfg.model.trust_remote_code, stop_ids=setup.stop_ids)
     else:
         nested = sample_responses(model, chosen, cfg.sampling, eos_id=setup.eos_id, pad_id=setup.pad_id, seed=seed,
-                                  mixture=mixture, progress=progress)
+                                  mixture=mixture, progress=progress, stop_ids=setup.stop_ids,
+                                  tokenizer=setup.tokenizer)
     return [r for rs in nested for r in rs]
 
 
