@@ -128,6 +128,7 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet:
         if main:  # one writer: checkpoint (atomic: a temp dir renamed), evaluation, metrics, state, plots
             rundir.save_checkpoint(t, unwrapped, setup.tokenizer)
             perf = {"perf/pairs_per_s": n_pairs * cfg.train.epochs / times["time/train"]} if times["time/train"] else {}
+            perf["perf/peak_rss_mb"] = peak_rss_mb()
             row = {"iteration": t, **train_metrics, "train/pairs": n_pairs, **times, **perf,
                    "sample/truncated": sum(cut) / max(1, len(cut)),
                    **evaluate_policy(setup, unwrapped, cfg, rundir, t)}
@@ -271,6 +272,15 @@ def start(cfg: RunConfig, *, resume: bool, overwrite: bool, quiet: bool, console
         setup.ref.to(accelerator.device)
     ctx = Context(cfg, algo, pairing, setup, rundir, accelerator, console, quiet, trackers)
     return ctx, policy, optimizer, done
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, MiB (``getrusage``; Linux reports KiB, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
 
 
 @contextmanager
