@@ -97,6 +97,13 @@ def test_prompts_rendered_with_the_chat_template_and_responses_clean(real_run: d
         assert p.ids == list(ids) and p.text == raw
     plain, _ = load_prompts(src, tok, chat_template="never")
     assert [p.ids for p in plain] == [tok(raw).input_ids for raw in PROMPTS]
+    # chat messages: one user turn -> the judge sees its content; a longer conversation -> the rendered template
+    convo = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PROMPTS[0]}]
+    msgs = real_run["root"] / "messages.jsonl"
+    msgs.write_text(json.dumps({"messages": [convo[1]]}) + "\n" + json.dumps({"messages": convo}) + "\n")
+    one, two = load_prompts(str(msgs), tok)[0]
+    assert one.text == PROMPTS[0] and one.ids == prompts[0].ids
+    assert two.text == tok.apply_chat_template(convo, tokenize=False, add_generation_prompt=True)
     # responses: no template (not rendered as a chat turn), no prompt echo, no special tokens inside
     samples = torch.load(real_run["dir"] / "stages/iter_1/s0_samples.pt", weights_only=True)
     special = set(tok.all_special_ids)
