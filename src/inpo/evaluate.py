@@ -99,7 +99,7 @@ def evaluate_policy(setup: Setup, policy: torch.nn.Module, cfg: RunConfig, run: 
     lp_pol = batched_sequence_logprobs(policy, both_prompts, both, pad_id=setup.pad_id)
     lp_ref = batched_sequence_logprobs(setup.ref, both_prompts, both, pad_id=setup.pad_id)
     out = {"eval/kl_to_ref": kl_estimate(lp_pol, lp_ref), "eval/mean_length": mean_length(both)}
-    if setup.task is None:  # (the built-in task's responses always end: its metrics stay as they were)
+    if setup.task is None:  # real text (the built-in task's evaluation rows keep their keys)
         cut = truncated(both, setup.stop_ids or [setup.eos_id], setup.tokenizer, cfg.sampling.stop)
         out["eval/truncated"] = sum(cut) / max(1, len(cut))
     flat = [r[j] for r in resp for j in range(samples)]
