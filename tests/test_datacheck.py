@@ -193,7 +193,9 @@ def test_export_skips_identical_responses_and_duplicate_rows(tiny_run: Path, tmp
     assert len(set(keys)) == len(keys) and all(r["chosen"] != r["rejected"] for r in rows)
     from inpo.algorithms import build_pairs
 
-    pairs = build_pairs(m, "all")
+    pairs = build_pairs(m, "all")  # every ordered pair, weighted by P(chosen > rejected)
     first = [(c, r) for c, r in zip(pairs.chosen.tolist(), pairs.rejected.tolist(), strict=True) if c < k]
-    assert sorted(first) == [(0, 1), (0, 2), (1, 2)]  # the loop's pairs of prompt 0 ...
-    assert sum(1 for r in rows if r["prompt"] == rows[0]["prompt"]) == 1  # ... one of which is exported
+    assert sorted(first) == [(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1)]  # the loop's pairs of prompt 0 ...
+    # ... exported: A > B and B > A once each ((0, 1), (1, 0): identical; (1, 2), (2, 1): repeats)
+    assert sum(1 for r in rows if r["prompt"] == rows[0]["prompt"]) == 2
+    assert len(rows) == len(pairs) - 4
