@@ -46,7 +46,7 @@ def main() -> None:
     print(f"  value {v:.12f}, duality gap {duality_gap(P, pi):.2e}, support {(pi > 1e-9).sum()} actions")
 
     G = make_game("cyclic", args.actions, args.contexts, seed=0)
-    cfg = DynamicsConfig(eta=0.5, tau=0.05)
+    cfg = DynamicsConfig(eta=2.0, tau=0.05)
     tr = _measure(
         f"exact INPO {args.iterations} iterations x {args.contexts} contexts x {args.actions} actions",
         lambda: run_exact(G, "inpo", args.iterations, cfg, record_every=100),

@@ -22,7 +22,7 @@ def main() -> None:
     ap.add_argument("--actions", type=int, default=5)
     ap.add_argument("--contexts", type=int, default=8)
     ap.add_argument("--iterations", type=int, default=500)
-    ap.add_argument("--eta", type=float, default=0.5)
+    ap.add_argument("--eta", type=float, default=2.0, help="INPO's eta (1/eta is the step)")
     ap.add_argument("--tau", type=float, default=0.05)
     ap.add_argument("--ref", default="random")
     ap.add_argument("--seed", type=int, default=0)

@@ -83,7 +83,7 @@ def regularized_equilibrium_gap() -> float:
 
 
 def exact_inpo_gaps(iterations: int) -> list[float]:
-    """What the LM run should track: pi_{t+1} ∝ pi_t^{1-eta tau} pi_ref^{eta tau} exp(eta P pi_t) on the eval
+    """What the LM run should track: pi_{t+1} ∝ pi_t^{1-tau/eta} pi_ref^{tau/eta} exp(P pi_t / eta) on the eval
     prompts' games, started at the SFT model's exact style distribution (default eta, tau)."""
     import numpy as np
     import torch

@@ -47,7 +47,7 @@ def tiny(out: Path, cache: Path, iterations: int = 2) -> dict:
         "sampling": {"num_samples": 3, "max_new_tokens": 6},
         "train": {"epochs": 1, "batch_size": 4, "lr": 1e-3},
         "data": {"num_eval_prompts": 4},
-        "algo": {"name": "inpo", "eta": 4.0, "tau": 0.05},
+        "algo": {"name": "inpo", "eta": 0.25, "tau": 0.05},
     }
 
 
@@ -194,7 +194,10 @@ CONFIG_CASES = {
     "inf_tau": ("algo: {tau: .inf}\n", [], ["field 'algo.tau'"]),
     "nan_lr": ("train: {lr: .nan}\n", [], ["field 'train.lr'", "lr must be"]),
     "negative_lr_override": ({}, ["--set", "train.lr=-1"], ["field 'train.lr'"]),
-    "eta_tau_above_one": ({"algo": {"eta": 10.0, "tau": 0.2}}, [], ["eta*tau must be <= 1", "eta=10.0"]),
+    "tau_above_eta": ({"algo": {"eta": 0.1, "tau": 0.2}}, [], ["tau must be <= eta", "eta=0.1"]),
+    "theorem4_for_sppo": ({"algo": {"name": "sppo", "eta_schedule": "theorem4"}}, [], ["theorem4", "sppo"]),
+    "ipo_average_tokens_gone": ({"algo": {"ipo_average_tokens": True}}, [], ["train.logprob_reduction=mean"]),
+    "bad_reduction": ({"train": {"logprob_reduction": "max"}}, [], ["field 'train.logprob_reduction'"]),
     "mnpo_weights_not_summing": ({"algo": {"mnpo_weights": [0.5, 0.6]}}, [], ["mnpo_weights"]),
     "temperature_zero": ({"sampling": {"temperature": 0}}, [], ["field 'sampling.temperature'"]),
     "num_samples_one": ({"sampling": {"num_samples": 1}}, [], ["field 'sampling.num_samples'"]),
@@ -251,7 +254,7 @@ def test_run_dir_holding_a_different_run_is_refused_and_untouched(finished_run: 
                                                                     monkeypatch, capsys) -> None:
     before = tree_digest(finished_run)
     other = tiny(finished_run, cache)
-    other["algo"] = {"name": "inpo", "eta": 2.0, "tau": 0.05}
+    other["algo"] = {"name": "inpo", "eta": 0.5, "tau": 0.05}
     cfg = write_yaml(tmp_path / "other.yaml", other)
     expect_error(monkeypatch, capsys, ["train", str(cfg)], str(finished_run), "already holds a run", "--overwrite")
     # resuming it with a different config is refused too
@@ -615,9 +618,9 @@ def test_disk_full_while_writing_a_stage(finished_run: Path, tmp_path: Path, mon
 
 
 def test_real_process_one_line_errors_and_debug_traceback(tmp_path: Path, cache: Path) -> None:
-    bad = write_yaml(tmp_path / "bad.yaml", {**tiny(tmp_path / "out", cache), "algo": {"eta": 10.0, "tau": 0.5}})
+    bad = write_yaml(tmp_path / "bad.yaml", {**tiny(tmp_path / "out", cache), "algo": {"eta": 0.1, "tau": 0.5}})
     r = cli_subprocess("train", str(bad), cwd=tmp_path)
-    assert_one_line_error(r.returncode, r.stderr, "bad.yaml", "eta*tau must be <= 1")
+    assert_one_line_error(r.returncode, r.stderr, "bad.yaml", "tau must be <= eta")
     assert r.stdout == ""
     r = cli_subprocess("train", str(bad), "--debug", cwd=tmp_path)
     assert r.returncode != 0 and "Traceback" in r.stderr and "InpoError" in r.stderr

@@ -30,7 +30,7 @@ def tiny(out: Path, cache: Path, algo: str, seed: int = 0, iterations: int = 2):
         "sampling": {"num_samples": 3, "max_new_tokens": 6},
         "train": {"epochs": 1, "batch_size": 4, "lr": 1e-3},
         "data": {"num_eval_prompts": 4},
-        "algo": {"name": algo, "eta": 4.0, "tau": 0.05},
+        "algo": {"name": algo, "eta": 0.25, "tau": 0.05},
     })
 
 

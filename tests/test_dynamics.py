@@ -64,7 +64,7 @@ def _g(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 def test_exact_update_is_population_minimizer_of_the_loss(algo: str) -> None:
     """The closed-form exact update equals the minimizer of the inpo.losses loss in expectation over
     pairs and labels: the sampled dynamics estimate exactly the exact dynamics."""
-    X, A, eta, tau, beta = 3, 4, 0.8, 0.3, 0.5
+    X, A, eta, tau, beta = 3, 4, 1.25, 0.3, 0.5  # INPO eta (1/eta = 0.8 the step), tau/eta = 0.24
     P = make_game("random", A, X, seed=7)
     rng = np.random.default_rng(0)
     ref = rng.dirichlet(np.ones(A), size=X)
@@ -94,7 +94,7 @@ def test_exact_update_is_population_minimizer_of_the_loss(algo: str) -> None:
             return losses.mnpo_loss(_g(L, c), _g(L, r), _g(R, c), _g(R, r), hc, hr, eta=eta, tau=tau, weights=wts)
     elif algo == "nash-md":
         target = nash_md_update(P, lp, lref, eta=eta, tau=tau)
-        pair_pi = np.exp(log_softmax((1 - eta * tau) * lp + eta * tau * lref, -1))  # pairs from the mixture
+        pair_pi = np.exp(log_softmax((1 - tau / eta) * lp + tau / eta * lref, -1))  # pairs from the mixture
 
         def loss(L, c, r):
             return losses.inpo_loss(_g(L, c), _g(L, r), _g(R, c), _g(R, r), _g(PV, c), _g(PV, r), eta=eta, tau=tau)
@@ -111,9 +111,10 @@ def test_egpo_full_step_by_hand() -> None:
     P = make_game("cyclic", 5, 2, seed=1)
     lr = np.log(np.full((2, 5), 0.2))
     lp = log_softmax(np.random.default_rng(1).standard_normal((2, 5)), -1)
-    half = inpo_update(P, lp, lr, eta=0.7, tau=0.2)
+    # INPO's eta = 1/0.7 (step 0.7), tau = 0.2: anchor weight tau/eta = 0.14
+    half = inpo_update(P, lp, lr, eta=1 / 0.7, tau=0.2)
     full = log_softmax(0.86 * lp + 0.14 * lr + 0.7 * np.einsum("xij,xj->xi", P, np.exp(half)), -1)
-    np.testing.assert_allclose(egpo_update(P, lp, lr, eta=0.7, tau=0.2), full, atol=1e-14)
+    np.testing.assert_allclose(egpo_update(P, lp, lr, eta=1 / 0.7, tau=0.2), full, atol=1e-13)
 
 
 # ----------------------------------------------------------------------------- convergence
@@ -122,7 +123,7 @@ def test_exact_inpo_reaches_regularized_equilibrium(name: str) -> None:
     P = make_game(name, 5, 4, seed=2)
     A = P.shape[-1]
     ref = np.random.default_rng(3).dirichlet(2 * np.ones(A), size=4)
-    cfg = DynamicsConfig(eta=0.5, tau=0.05)  # eta=1 needs ~2000 iterations on rps (largest margins)
+    cfg = DynamicsConfig(eta=2.0, tau=0.05)  # eta=1 needs ~2000 iterations on rps (largest margins)
     tr = run_exact(P, "inpo", 1000, cfg, pi_ref=ref)
     assert tr.reg_gap_max[-1] < 1e-6
     # the limit is the Newton solver's equilibrium (two independent methods; rps converges slowest)
@@ -134,16 +135,16 @@ def test_other_nash_algorithms_reach_regularized_equilibrium(algo: str) -> None:
     P = make_game("cyclic", 5, 4, seed=0)
     tr = run_exact(P, algo, 400, DynamicsConfig(eta=1.0, tau=0.05))
     # Nash-MD with a constant step has a biased fixed point pi ∝ pi_ref exp(P mix(pi)/tau): measured
-    # regularized gap plateau 1.4e-4 here (it shrinks with eta, see docs/games.md).
+    # regularized gap plateau 1.4e-4 here (it shrinks with the step 1/eta, see docs/games.md).
     assert tr.reg_gap_max[-1] < (1e-3 if algo == "nash-md" else 1e-6)
 
 
 def test_small_tau_gives_small_plain_gap() -> None:
     # With tau -> 0 INPO's limit approaches the Nash equilibrium of the unregularized game.
-    # Measured: the tau=0.01 regularized NE has plain gap 0.0032; INPO (eta=0.3) is slow at small tau
+    # Measured: the tau=0.01 regularized NE has plain gap 0.0032; INPO (eta=1/0.3) is slow at small tau
     # (regularized gap 1.4e-5 after 3000 iterations), plain gap 0.0032 from 0.198 at the start.
     P = make_game("cyclic", 5, 1, seed=0)
-    tr = run_exact(P, "inpo", 3000, DynamicsConfig(eta=0.3, tau=0.01), record_every=3000)
+    tr = run_exact(P, "inpo", 3000, DynamicsConfig(eta=1 / 0.3, tau=0.01), record_every=3000)
     assert tr.gap_max[0] > 0.19 and tr.reg_gap_max[-1] < 1e-4 and tr.gap_max[-1] < 0.005
 
 
@@ -164,15 +165,15 @@ def test_iterative_dpo_and_sppo_stay_far_from_equilibrium_on_cyclic_games() -> N
 
 def test_mnpo_with_one_opponent_is_inpo_exactly() -> None:
     P = make_game("mixture", 6, 3, seed=1)
-    cfg1 = DynamicsConfig(eta=0.9, tau=0.1, mnpo_weights=(1.0,))
+    cfg1 = DynamicsConfig(eta=1 / 0.9, tau=0.1, mnpo_weights=(1.0,))
     a, b = run_exact(P, "mnpo", 50, cfg1), run_exact(P, "inpo", 50, cfg1)
     np.testing.assert_array_equal(a.pi, b.pi)
     assert a.gap_mean == b.gap_mean
-    cfg1s = DynamicsConfig(eta=0.9, tau=0.1, mnpo_weights=(1.0,), pairs=64, steps=5)
+    cfg1s = DynamicsConfig(eta=1 / 0.9, tau=0.1, mnpo_weights=(1.0,), pairs=64, steps=5)
     a, b = run_sampled(P, "mnpo", 5, cfg1s, seed=3), run_sampled(P, "inpo", 5, cfg1s, seed=3)
     np.testing.assert_array_equal(a.pi, b.pi)
     # with 3 opponents it is a different algorithm
-    c = run_exact(P, "mnpo", 50, DynamicsConfig(eta=0.9, tau=0.1))
+    c = run_exact(P, "mnpo", 50, DynamicsConfig(eta=1 / 0.9, tau=0.1))
     assert np.abs(c.pi - run_exact(P, "inpo", 50, cfg1).pi).max() > 1e-4
 
 
@@ -197,7 +198,7 @@ def test_sampled_inpo_reaches_the_equilibrium_of_a_cyclic_game() -> None:
     9.8M responses and 4.9M labels per context in total; about 5 s.
     """
     P = make_game("cyclic", 5, 8, seed=0)[[1, 2, 3]]
-    cfg = DynamicsConfig(eta=0.7, tau=0.03, pairs=16384, steps=5, lr=1.0)
+    cfg = DynamicsConfig(eta=1 / 0.7, tau=0.03, pairs=16384, steps=5, lr=1.0)
     tr = run_sampled(P, "inpo", 300, cfg, seed=0)
     assert tr.gap_max[0] > 0.13
     assert max(tr.gap_mean[-50:]) < 0.02

@@ -238,3 +238,104 @@ def test_cli_exit_code_2_through_inpo_main(tmp_path) -> None:
     assert "missing.npy" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     res = CliRunner().invoke(app, ["game", "--algo", "inpo,sppo", "--iterations", "10", "--json"])
     assert res.exit_code == 0 and [json.loads(s)["algo"] for s in res.stdout.splitlines()] == ["inpo", "sppo"]
+
+
+# ----------------------------------------------------------------------------- input validation (issue 10)
+def _rps_payoff() -> np.ndarray:
+    return np.array([[0.0, 1.0, -1.0], [-1.0, 0.0, 1.0], [1.0, -1.0, 0.0]])
+
+
+@pytest.mark.parametrize(
+    "bad, fragment",
+    [
+        (np.array([[0.5, 0.9], [0.3, 0.5]]), "P + P^T != 1"),  # not antisymmetric: silently solved before
+        (np.array([[0.5, 0.9, 0.1], [0.1, 0.5, 0.2]]), "expected shape"),  # not square
+        (np.array([[0.5, np.nan], [np.nan, 0.5]]), "NaN"),
+        (np.array([[0.5, 1.2], [-0.2, 0.5]]), "[0, 1]"),
+        (_rps_payoff(), "payoff matrix"),  # +-1 payoff: "infeasible" before
+        (rps()[0] - 0.5, "payoff matrix"),  # P - 1/2
+    ],
+)
+def test_solve_nash_rejects_invalid_games(bad: np.ndarray, fragment: str) -> None:
+    with pytest.raises(InpoError) as e:
+        solve_nash(bad)
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_payoff_form_hint_recovers_the_game() -> None:
+    pi, _ = solve_nash((_rps_payoff() + 1) / 2)
+    np.testing.assert_allclose(pi, np.full(3, 1 / 3), atol=1e-9)
+
+
+@pytest.mark.parametrize("eps", [1e-3, 3e-8, 1e-9])
+def test_solve_nash_is_scale_free_near_one_half(eps: float) -> None:
+    """All preferences within eps of 1/2: the equilibrium is that of P - 1/2 whatever its scale (HiGHS' absolute
+    tolerances returned the losing action at ~3e-8). The gap is measured relative to the game's own margins."""
+    base = make_game("cyclic", 5, 1, seed=0)[0]
+    pi_base, _ = solve_nash(base)
+    P = 0.5 + (base - 0.5) * eps
+    pi, value = solve_nash(P)
+    assert duality_gap(P, pi) / eps < 1e-6
+    np.testing.assert_allclose(pi, pi_base, atol=1e-6)
+    assert value == pytest.approx(0.5, abs=1e-6 * eps)
+
+
+def test_solve_nash_all_ties_returns_uniform() -> None:
+    pi, value = solve_nash(np.full((4, 4), 0.5))
+    np.testing.assert_allclose(pi, np.full(4, 0.25))
+    assert value == 0.5
+
+
+@pytest.mark.parametrize(
+    "pi, fragment",
+    [(np.zeros(3), "sum to 1"), (np.full(3, 2 / 3), "sum to 1"), (np.array([1.2, -0.2, 0.0]), ">= 0"),
+     (np.array([np.nan, 0.5, 0.5]), "NaN"), (np.full(4, 0.25), "expected shape")],
+)
+def test_duality_gap_rejects_non_policies(pi: np.ndarray, fragment: str) -> None:
+    with pytest.raises(InpoError) as e:
+        duality_gap(rps()[0], pi)
+    assert fragment in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "ref, tau, P, fragment",
+    [
+        (np.array([np.nan, 0.5, 0.5]), 0.1, None, "NaN"),
+        (np.zeros(3), 0.1, None, "all zeros"),
+        (np.array([0.5, -0.1, 0.6]), 0.1, None, ">= 0"),
+        (np.full(3, 1 / 3), 0.0, None, "tau must be"),
+        (np.full(3, 1 / 3), float("nan"), None, "tau must be"),
+        (np.full(3, 1 / 3), 0.1, np.full((3, 3), np.nan), "NaN"),
+        (np.full(4, 1 / 4), 0.1, None, "expected shape"),
+    ],
+)
+def test_solve_regularized_rejects_invalid_input(ref, tau, P, fragment) -> None:
+    with pytest.raises(InpoError) as e:
+        solve_regularized(rps()[0] if P is None else P, ref, tau)
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["cyclic", "random", "rps"])
+def test_regularized_solver_converges_at_tau_1e_4(name: str) -> None:
+    """tau = 1e-4: T is ~1e4-Lipschitz, so returning T(pi) of a 1e-13 Newton iterate read 5e-10; the solver now keeps
+    the renormalized iterate. Measured worst residual over the generators (A <= 8, uniform/random ref): 1.05e-12."""
+    P = make_game(name, 5, 4, seed=0)
+    for ref in (np.full((4, P.shape[-1]), 1 / P.shape[-1]),
+                np.random.default_rng(1).dirichlet(2 * np.ones(P.shape[-1]), size=4)):
+        pi = solve_regularized(P, ref, 1e-4)
+        assert np.max(regularized_residual(P, pi, ref, 1e-4)) < 2e-12
+
+
+def test_theorem4_schedule_on_a_game() -> None:
+    """INPO with eta_t = tau (t+2)/2 (Theorem 4) drives the regularized gap to 0 too, and eta_at is that formula."""
+    from inpo.games import DynamicsConfig, run_exact
+
+    cfg = DynamicsConfig(tau=0.05, eta_schedule="theorem4")
+    assert cfg.eta_at(1) == pytest.approx(0.075) and cfg.eta_at(10) == pytest.approx(0.3)
+    P = make_game("cyclic", 5, 4, seed=0)
+    tr = run_exact(P, "inpo", 400, cfg)
+    assert tr.reg_gap_max[-1] < 1e-3 and tr.reg_gap_max[-1] < tr.reg_gap_max[10] / 10
+    with pytest.raises(ValueError, match="eta_schedule"):
+        DynamicsConfig(eta_schedule="cosine")
+    with pytest.raises(ValueError, match="tau <= eta"):
+        DynamicsConfig(eta=0.01, tau=0.05)

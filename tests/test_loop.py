@@ -138,7 +138,7 @@ def test_one_inpo_step_lowers_the_inpo_loss_and_optimum_has_zero_gradient(setup)
     opt.zero_grad()
     after = loss_of(2.0, 0.1)
     assert after.item() < before.item() - 1e-4
-    # with tau = 0 the target is d(pi) - d(pi_t) = eta/2: choose eta to put the current model exactly there
+    # with tau = 0 the target is d(pi) - d(pi_t) = 1/(2 eta): choose eta to put the current model exactly there
     with torch.no_grad():
         lp = sequence_logprobs(model, ids, att, resp)
     h = (lp[0] - lp[1] - (ref[0] - ref[1])).item()
@@ -150,8 +150,8 @@ def test_one_inpo_step_lowers_the_inpo_loss_and_optimum_has_zero_gradient(setup)
         loss.backward()
         return torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters())).item()
 
-    assert grad_norm(loss_of(2 * abs(h), 0.0, w)) < 1e-6
-    assert grad_norm(loss_of(2 * abs(h) + 1.0, 0.0, w)) > 1e-3
+    assert grad_norm(loss_of(1 / (2 * abs(h)), 0.0, w)) < 1e-6
+    assert grad_norm(loss_of(1 / (2 * abs(h) + 1.0), 0.0, w)) > 1e-3
 
 
 def read_rows(path: Path) -> list[dict]:

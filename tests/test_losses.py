@@ -7,12 +7,14 @@ Four kinds of checks, all in float64:
 2. gradients: torch.autograd.gradcheck for every differentiable loss (Nash-MD-PG is a stop-gradient
    surrogate, so its gradient is checked against the hand-derived REINFORCE gradient instead);
 3. identities: MNPO(n=1) == INPO bit for bit, per-token IPO == summed IPO on length-normalized inputs,
-   INPO(eta*tau = 1) == IPO(beta = 1/eta), grad INPO at pi_t == eta*tau * grad IPO(beta = tau);
+   INPO(tau = eta) == IPO(beta = eta), grad INPO at pi_t == (tau/eta) * grad IPO(beta = tau);
 4. population minimizers on a tabular game: the *expected* loss over pairs (y, y') ~ mu x mu with
    labels from P (enumerated exactly: every ordered pair and both label outcomes, weight
    mu(y) mu(y') P(y > y')), computed by calling the real loss, is minimized over a softmax table by
    L-BFGS and compared with the closed-form update computed independently in numpy; the gradient of
-   the expected loss at the closed form is zero.
+   the expected loss at the closed form is zero. Also at each paper's own experiment values (INPO eta =
+   0.005, tau = eta/3; SPPO eta = 1/beta = 1000 with K = 5 samples; MNPO eta = 0.0075, ratio = 1/3, two
+   history iterates with equal weights), compared in log-space.
 """
 
 from __future__ import annotations
@@ -141,14 +143,14 @@ def rnd():
 
 
 def test_inpo_and_egpo_values(rnd):
-    eta, tau = 3.0, 0.1
+    eta, tau = 0.4, 0.1
     got = L.inpo_loss(*(_t(rnd[k]) for k in ["pc", "pr", "rc", "rr", "tc", "tr"]), eta=eta, tau=tau)
     got_eg = L.egpo_loss(*(_t(rnd[k]) for k in ["pc", "pr", "rc", "rr", "tc", "tr"]), eta=eta, tau=tau)
     for i in range(N):
         pc, pr, rc, rr, tc, tr = (float(rnd[k][i]) for k in ["pc", "pr", "rc", "rr", "tc", "tr"])
-        h = (pc - pr) - eta * tau * (rc - rr) - (1 - eta * tau) * (tc - tr)
-        assert got[i].item() == pytest.approx((h - eta / 2) ** 2, rel=1e-12, abs=1e-12)
-        assert got_eg[i].item() == pytest.approx((h - eta / 2) ** 2, rel=1e-12, abs=1e-12)
+        h = (pc - pr) - tau / eta * (rc - rr) - (1 - tau / eta) * (tc - tr)
+        assert got[i].item() == pytest.approx((h - 1 / (2 * eta)) ** 2, rel=1e-12, abs=1e-12)
+        assert got_eg[i].item() == pytest.approx((h - 1 / (2 * eta)) ** 2, rel=1e-12, abs=1e-12)
 
 
 def test_mnpo_values(rnd):
@@ -157,8 +159,8 @@ def test_mnpo_values(rnd):
     got = L.mnpo_loss(*args, eta=eta, tau=tau, weights=w)
     for i in range(N):
         hist = sum(w[j] * (rnd["hc"][i, j] - rnd["hr"][i, j]) for j in range(3))
-        h = (rnd["pc"][i] - rnd["pr"][i]) - eta * tau * (rnd["rc"][i] - rnd["rr"][i]) - (1 - eta * tau) * hist
-        assert got[i].item() == pytest.approx((h - eta / 2) ** 2, rel=1e-12, abs=1e-12)
+        h = (rnd["pc"][i] - rnd["pr"][i]) - tau / eta * (rnd["rc"][i] - rnd["rr"][i]) - (1 - tau / eta) * hist
+        assert got[i].item() == pytest.approx((h - 1 / (2 * eta)) ** 2, rel=1e-12, abs=1e-12)
 
 
 def test_ipo_values_summed_and_per_token(rnd):
@@ -212,15 +214,15 @@ def test_nash_md_values_and_gradient(rnd):
 
 def test_hand_numbers():
     s = _t
-    # INPO: d(pi) = -1 - (-2) = 1, d(ref) = 0, d(pi_t) = -2 - (-1) = -1, eta*tau = 0.5*0.4 = 0.2
-    #   h = 1 - 0.2*0 - 0.8*(-1) = 1.8;  (1.8 - 0.5/2)^2 = 1.55^2 = 2.4025
-    v = L.inpo_loss(s([-1.0]), s([-2.0]), s([-1.5]), s([-1.5]), s([-2.0]), s([-1.0]), eta=0.5, tau=0.4)
+    # INPO: d(pi) = -1 - (-2) = 1, d(ref) = 0, d(pi_t) = -2 - (-1) = -1, tau/eta = 0.4/2 = 0.2
+    #   h = 1 - 0.2*0 - 0.8*(-1) = 1.8;  (1.8 - 1/(2*2))^2 = 1.55^2 = 2.4025
+    v = L.inpo_loss(s([-1.0]), s([-2.0]), s([-1.5]), s([-1.5]), s([-2.0]), s([-1.0]), eta=2.0, tau=0.4)
     assert v.item() == pytest.approx(2.4025, abs=1e-12)
     # EGPO = the same regression: same number
-    v = L.egpo_loss(s([-1.0]), s([-2.0]), s([-1.5]), s([-1.5]), s([-2.0]), s([-1.0]), eta=0.5, tau=0.4)
+    v = L.egpo_loss(s([-1.0]), s([-2.0]), s([-1.5]), s([-1.5]), s([-2.0]), s([-1.0]), eta=2.0, tau=0.4)
     assert v.item() == pytest.approx(2.4025, abs=1e-12)
     # MNPO: d(pi) = 1, d(ref) = 0, history margins (1, -1) with weights (3, 1) -> (0.75, 0.25) -> 0.5;
-    #   eta = 1, tau = 0.5: h = 1 - 0 - 0.5*0.5 = 0.75; (0.75 - 0.5)^2 = 0.0625
+    #   eta = 1, tau = 0.5 (tau/eta = 0.5): h = 1 - 0 - 0.5*0.5 = 0.75; (0.75 - 1/2)^2 = 0.0625
     v = L.mnpo_loss(s([0.0]), s([-1.0]), s([-1.0]), s([-1.0]), s([[-1.0, -2.0]]), s([[-2.0, -1.0]]),
                     eta=1.0, tau=0.5, weights=[3.0, 1.0])
     assert v.item() == pytest.approx(0.0625, abs=1e-12)
@@ -292,7 +294,7 @@ def test_gradcheck(name):
 
 def test_mnpo_n1_equals_inpo_exactly(rnd):
     a = [_t(rnd[k]) for k in ["pc", "pr", "rc", "rr", "tc", "tr"]]
-    for eta, tau in [(3.0, 0.1), (0.5, 2.0), (1.0, 0.0)]:
+    for eta, tau in [(3.0, 0.1), (0.5, 0.5), (1.0, 0.0)]:
         inpo = L.inpo_loss(*a, eta=eta, tau=tau)
         for w in ([1.0], [2.5], torch.tensor([1.0], dtype=DT)):
             mnpo = L.mnpo_loss(*a[:4], a[4][:, None], a[5][:, None], eta=eta, tau=tau, weights=w)
@@ -313,28 +315,27 @@ def test_ipo_per_token_equals_summed_on_normalized_inputs(rnd):
     assert not torch.allclose(avg, L.ipo_loss(pc, pr, rc, rr, beta=0.2))
 
 
-def test_inpo_with_eta_tau_one_is_ipo(rnd):
+def test_inpo_with_tau_equal_eta_is_ipo(rnd):
     a = [_t(rnd[k]) for k in ["pc", "pr", "rc", "rr", "tc", "tr"]]
-    eta = 4.0
-    assert torch.allclose(L.inpo_loss(*a, eta=eta, tau=1 / eta), L.ipo_loss(*a[:4], beta=1 / eta),
-                          rtol=1e-13, atol=1e-13)
+    eta = 0.25
+    assert torch.allclose(L.inpo_loss(*a, eta=eta, tau=eta), L.ipo_loss(*a[:4], beta=eta), rtol=1e-13, atol=1e-13)
 
 
 def test_inpo_gradient_at_anchor_is_online_ipo_gradient(rnd):
-    """At pi = pi_t, grad INPO = eta*tau * grad IPO(beta = tau): EGPO's online-IPO step."""
-    eta, tau = 2.0, 0.15
+    """At pi = pi_t, grad INPO = (tau/eta) * grad IPO(beta = tau): EGPO's online-IPO step."""
+    eta, tau = 0.5, 0.15
     pc, pr, rc, rr = (_t(rnd[k]) for k in ["pc", "pr", "rc", "rr"])
     x = torch.stack([pc, pr]).requires_grad_(True)
     g_inpo = torch.autograd.grad(L.inpo_loss(x[0], x[1], rc, rr, pc, pr, eta=eta, tau=tau).sum(), x)[0]
     y = torch.stack([pc, pr]).requires_grad_(True)
     g_ipo = torch.autograd.grad(L.ipo_loss(y[0], y[1], rc, rr, beta=tau).sum(), y)[0]
-    assert torch.allclose(g_inpo, eta * tau * g_ipo, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(g_inpo, tau / eta * g_ipo, rtol=1e-12, atol=1e-12)
 
 
 def test_bad_arguments_raise():
     x = _t([-1.0, -2.0])
-    with pytest.raises(ValueError, match="eta\\*tau"):
-        L.inpo_loss(x, x, x, x, x, x, eta=2.0, tau=0.6)
+    with pytest.raises(ValueError, match="tau must be <= eta"):
+        L.inpo_loss(x, x, x, x, x, x, eta=0.5, tau=0.6)
     with pytest.raises(ValueError, match="eta must be"):
         L.inpo_loss(x, x, x, x, x, x, eta=0.0, tau=0.1)
     with pytest.raises(ValueError, match="weights has 1 entries"):
@@ -357,10 +358,15 @@ def game():
     return {"P": p, "pi_t": _policy(1), "pi_ref": _policy(2), "pi_old": _policy(3)}
 
 
+def _omd_log(anchor_log: np.ndarray, pi_ref: np.ndarray, p: np.ndarray, opp: np.ndarray, eta: float, tau: float):
+    """INPO's Eq. 11, log pi ∝ (1 - tau/eta) anchor_log + (tau/eta) log pi_ref + P opp / eta, normalized, in numpy."""
+    r = tau / eta
+    z = (1 - r) * anchor_log + r * np.log(pi_ref) + p @ opp / eta
+    return z - (z.max() + np.log(np.exp(z - z.max()).sum()))
+
+
 def _omd(anchor_log: np.ndarray, pi_ref: np.ndarray, p: np.ndarray, opp: np.ndarray, eta: float, tau: float):
-    """pi ∝ exp((1-eta*tau) anchor_log + eta*tau log pi_ref + eta P opp), in numpy."""
-    r = eta * tau
-    return _normalize(np.exp((1 - r) * anchor_log + r * np.log(pi_ref) + eta * p @ opp))
+    return np.exp(_omd_log(anchor_log, pi_ref, p, opp, eta, tau))
 
 
 def _inpo_expected(g, eta, tau, mu, anchor):
@@ -384,7 +390,7 @@ def _check_min(f, closed: np.ndarray, tol: float = 1e-7):
     return got
 
 
-@pytest.mark.parametrize("eta,tau", [(1.0, 0.1), (4.0, 0.05), (0.5, 2.0)])
+@pytest.mark.parametrize("eta,tau", [(1.0, 0.1), (0.25, 0.05), (2.0, 2.0)])
 def test_inpo_population_minimizer_is_omd_step(game, eta, tau):
     closed = _omd(np.log(game["pi_t"]), game["pi_ref"], game["P"], game["pi_t"], eta, tau)
     f = _inpo_expected(game, eta, tau, game["pi_t"], game["pi_t"])
@@ -394,7 +400,7 @@ def test_inpo_population_minimizer_is_omd_step(game, eta, tau):
 
 
 def test_egpo_half_and_full_step(game):
-    eta, tau = 2.0, 0.2
+    eta, tau = 0.5, 0.2
     pi_t = game["pi_t"]
     half = _omd(np.log(pi_t), game["pi_ref"], game["P"], pi_t, eta, tau)
     ch, rj, w = _labelled_pairs(pi_t, game["P"])
@@ -420,11 +426,11 @@ def test_egpo_half_and_full_step(game):
 
 
 def test_mnpo_two_past_policies(game):
-    eta, tau, lam = 2.0, 0.1, np.array([0.7, 0.3])
+    eta, tau, lam = 0.5, 0.1, np.array([0.7, 0.3])
     pi_t, pi_old, pi_ref = game["pi_t"], game["pi_old"], game["pi_ref"]
-    r = eta * tau
+    r = tau / eta
     closed = _normalize(
-        pi_ref**r * pi_t ** ((1 - r) * lam[0]) * pi_old ** ((1 - r) * lam[1]) * np.exp(eta * game["P"] @ pi_t)
+        pi_ref**r * pi_t ** ((1 - r) * lam[0]) * pi_old ** ((1 - r) * lam[1]) * np.exp(game["P"] @ pi_t / eta)
     )
     ch, rj, w = _labelled_pairs(pi_t, game["P"])
     lref = _t(np.log(pi_ref))
@@ -440,10 +446,11 @@ def test_mnpo_two_past_policies(game):
 
 def test_nash_md_as_inpo_regression_on_mixture_pairs(game):
     """The registry's 'nash-md': INPO's regression with pairs from the geometric mixture
-    mu ∝ pi_t^{1-eta*tau} pi_ref^{eta*tau} has minimizer mu * exp(eta P mu) / Z: the Nash-MD step."""
-    eta, tau = 2.0, 0.2
-    mix = _normalize(game["pi_t"] ** (1 - eta * tau) * game["pi_ref"] ** (eta * tau))
-    closed = _normalize(mix * np.exp(eta * game["P"] @ mix))
+    mu ∝ pi_t^{1-tau/eta} pi_ref^{tau/eta} has minimizer mu * exp(P mu / eta) / Z: the Nash-MD step (Munos et al.'s
+    learning rate 1/eta, mixture coefficient tau/eta)."""
+    eta, tau = 0.5, 0.2
+    mix = _normalize(game["pi_t"] ** (1 - tau / eta) * game["pi_ref"] ** (tau / eta))
+    closed = _normalize(mix * np.exp(game["P"] @ mix / eta))
     f = _inpo_expected(game, eta, tau, mix, game["pi_t"])
     _check_min(f, closed)
 
@@ -571,3 +578,147 @@ def test_nash_md_pg_gradient_and_stationary_point(game):
     for _ in range(3000):
         theta = theta - 2.0 * _grad_at(surrogate, theta)
     assert np.max(np.abs(_softmax_np(theta) - closed)) < 1e-7
+
+
+# ----------------------------------------------------------------------------------------------------
+# 5. each paper's own experiment values: population minimizer == the paper's closed-form update (log-space)
+# ----------------------------------------------------------------------------------------------------
+
+
+def _check_min_log(f, closed_log: np.ndarray, tol: float = 1e-7) -> np.ndarray:
+    """Minimize over a softmax table and compare log-probabilities: at the papers' small eta the update is
+    nearly deterministic (log-probs down to ~-100), so probabilities alone would say little."""
+    theta = _minimize(f, torch.zeros(K, dtype=DT))
+    got = torch.log_softmax(theta, 0).numpy()
+    assert np.max(np.abs(got - closed_log)) < tol, (got, closed_log)
+    return got
+
+
+def test_inpo_at_the_papers_values(game):
+    """Zhang et al. (ICLR 2025) Appendix B: eta = 0.005 (from the grid 0.1, 0.01, 0.0075, 0.005, 0.002), tau = eta/3.
+    The minimizer of our loss is Eq. 11, pi_{t+1} ∝ exp(P(y > pi_t)/eta) pi_ref^{tau/eta} pi_t^{1 - tau/eta}."""
+    eta = 0.005
+    tau = eta / 3
+    pi_t, pi_ref, p = game["pi_t"], game["pi_ref"], game["P"]
+    closed_log = _omd_log(np.log(pi_t), pi_ref, p, pi_t, eta, tau)
+    got = _check_min_log(_inpo_expected(game, eta, tau, pi_t, pi_t), closed_log)
+    assert got.min() < -20  # the update really is that sharp: 1/eta = 200 times win-rate differences
+    # the previous meaning of eta (the learning rate) would give a different policy: its anchor ratio is 8e-6
+    old = _omd_log(np.log(pi_t), pi_ref, p, pi_t, 1 / eta, tau)
+    assert np.max(np.abs(old - got)) > 1.0
+
+
+def test_mnpo_at_the_papers_values(game):
+    """smiles724/MNPO training_configs/gemma-2-9b-it-mnpo-iter2.yaml: eta = 0.0075, ratio = 1/3, max_history_t = 2,
+    history weights unset -> [1, 1] normalized to (1/2, 1/2) (mnpo_trainer.py). ratio = tau/eta, so tau = eta/3.
+    Closed form: pi ∝ pi_ref^{ratio} pi_t^{(1-ratio)/2} pi_{t-1}^{(1-ratio)/2} exp(P(y > pi_t)/eta)."""
+    eta, ratio = 0.0075, 1 / 3
+    tau = ratio * eta
+    pi_t, pi_old, pi_ref, p = game["pi_t"], game["pi_old"], game["pi_ref"], game["P"]
+    z = ratio * np.log(pi_ref) + (1 - ratio) * 0.5 * (np.log(pi_t) + np.log(pi_old)) + p @ pi_t / eta
+    closed_log = z - (z.max() + np.log(np.exp(z - z.max()).sum()))
+    ch, rj, w = _labelled_pairs(pi_t, p)
+    lref = _t(np.log(pi_ref))
+    hist = _t(np.stack([np.log(pi_t), np.log(pi_old)], -1))
+
+    def f(theta):
+        lp = torch.log_softmax(theta, 0)
+        return (w * L.mnpo_loss(lp[ch], lp[rj], lref[ch], lref[rj], hist[ch], hist[rj],
+                                eta=eta, tau=tau, weights=[1.0, 1.0])).sum()
+
+    _check_min_log(f, closed_log)
+
+
+@pytest.mark.parametrize("estimator", ["with_self", "leave_one_out"])
+def test_sppo_at_the_papers_values(game, estimator):
+    """uclaml/SPPO scripts/pipeline.sh: beta = 0.001, i.e. the paper's eta = 1/beta = 1000; K = 5 samples per prompt
+    (scripts/compute_prob.py --pairs 5). Every K-tuple of samples from pi_t is enumerated (5^5 tuples, exact
+    expectation); win rates come from the real estimator (inpo.losses.win_rates) and every sample enters the real
+    loss. The unnormalized minimizer is the paper's MW update pinned at log Z = eta/2,
+    log pi = log pi_t + eta_eff (P(y > pi_t) - 1/2), with eta_eff = eta (K-1)/K for the code's self-inclusive
+    estimator and eta_eff = eta for the leave-one-out one: the exact mapping of the paper's eta."""
+    import itertools
+
+    eta, k = 1000.0, 5
+    pi_t, p = game["pi_t"], game["P"]
+    tuples = np.array(list(itertools.product(range(K), repeat=k)))  # [T, k]
+    prob = _t(np.prod(pi_t[tuples], -1))
+    ys = torch.as_tensor(tuples)
+    M = _t(p)[ys[:, :, None], ys[:, None, :]]  # [T, k, k] judge matrices, diagonal 1/2
+    wr = L.win_rates(M, estimator)
+    lprev = _t(np.log(pi_t))
+    nxt = torch.roll(ys, -1, 1)  # sample i as chosen and sample i+1 as rejected: each sample enters once
+    wr_next = torch.roll(wr, -1, 1)
+
+    def f(theta):
+        per = L.sppo_loss(theta[ys], theta[nxt], lprev[ys], lprev[nxt], wr, wr_next, eta=eta)
+        return (prob[:, None] * per).sum()
+
+    eta_eff = eta * (k - 1) / k if estimator == "with_self" else eta
+    target = np.log(pi_t) + eta_eff * (p @ pi_t - 0.5)
+    theta = _minimize(f, torch.zeros(K, dtype=DT))
+    assert np.max(np.abs(theta.numpy() - target)) < 1e-7
+    # normalized, that is the multiplicative-weights update pi_t exp(eta_eff P(y > pi_t)) / Z
+    mw = np.log(pi_t) + eta_eff * p @ pi_t
+    np.testing.assert_allclose(theta.numpy() - theta.numpy().max(), mw - mw.max(), atol=1e-7)
+
+
+def test_win_rate_estimators_by_hand():
+    # K = 3, M[0] = (1/2, 0.9, 0.6): with_self (0.5 + 0.9 + 0.6)/3 = 2/3; leave_one_out (0.9 + 0.6)/2 = 0.75
+    m = _t([[[0.5, 0.9, 0.6], [0.1, 0.5, 0.3], [0.4, 0.7, 0.5]]])
+    assert L.win_rates(m, "with_self")[0, 0].item() == pytest.approx(2 / 3, abs=1e-15)
+    assert L.win_rates(m, "leave_one_out")[0, 0].item() == pytest.approx(0.75, abs=1e-15)
+    with pytest.raises(ValueError, match="estimator"):
+        L.win_rates(m, "mean")
+
+
+def _empty_batch(n: int = 3):
+    """A batch where some responses are empty (immediate EOS): summed log-prob 0, length 0."""
+    z = torch.zeros(n, dtype=DT)
+    lp = _t([-2.0, 0.0, -1.0][:n])
+    return z, lp
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("name", ["inpo", "egpo", "mnpo", "ipo", "ipo_avg", "dpo", "sppo", "sppo_hard", "nash_md"])
+def test_no_loss_is_inf_or_nan_on_empty_responses(name, reduction):
+    """Every loss on a batch whose chosen and rejected responses are empty (log-prob 0, length 0), through the loop's
+    reduction too (train.logprob_reduction=mean divides by the clamped length): all finite."""
+    from inpo.algorithms import LossInputs, reduce_logps
+
+    z, lp = _empty_batch()
+    lengths = torch.tensor([0, 0, 3])
+    b = reduce_logps(LossInputs(z, z.clone(), z, z, z, z, torch.stack([z, lp], -1), torch.stack([z, z], -1),
+                                _t([0.5, 0.0, 1.0]), _t([0.5, 1.0, 0.0]), lengths, lengths), reduction)
+    fns = {
+        "inpo": lambda: L.inpo_loss(b.policy_chosen, b.policy_rejected, b.ref_chosen, b.ref_rejected,
+                                    b.prev_chosen, b.prev_rejected, eta=0.005, tau=0.005 / 3),
+        "egpo": lambda: L.egpo_loss(b.policy_chosen, b.policy_rejected, b.ref_chosen, b.ref_rejected,
+                                    b.prev_chosen, b.prev_rejected, eta=0.25, tau=0.1),
+        "mnpo": lambda: L.mnpo_loss(b.policy_chosen, b.policy_rejected, b.ref_chosen, b.ref_rejected,
+                                    b.hist_chosen, b.hist_rejected, eta=0.0075, tau=0.0025, weights=[1, 1]),
+        "ipo": lambda: L.ipo_loss(b.policy_chosen, b.policy_rejected, b.ref_chosen, b.ref_rejected, beta=0.1),
+        "ipo_avg": lambda: L.ipo_loss(z, z, z, z, beta=0.1, chosen_lengths=lengths, rejected_lengths=lengths),
+        "dpo": lambda: L.dpo_loss(b.policy_chosen, b.policy_rejected, b.ref_chosen, b.ref_rejected, beta=0.1),
+        "sppo": lambda: L.sppo_loss(b.policy_chosen, b.policy_rejected, b.prev_chosen, b.prev_rejected,
+                                    b.winrate_chosen, b.winrate_rejected, eta=1000.0),
+        "sppo_hard": lambda: L.sppo_hard_loss(b.policy_chosen, b.policy_rejected, b.prev_chosen,
+                                              b.prev_rejected, eta=1000.0),
+        "nash_md": lambda: L.nash_md_loss(b.policy_chosen, b.ref_chosen, b.winrate_chosen, beta=0.1),
+    }
+    out = fns[name]()
+    assert torch.isfinite(out).all(), (name, reduction, out)
+
+
+def test_mean_reduction_divides_every_logprob_by_its_clamped_length():
+    from inpo.algorithms import LossInputs, reduce_logps
+
+    pc, pr = _t([-6.0, -4.0]), _t([-3.0, 0.0])
+    hist = _t([[-6.0, -2.0], [-8.0, -4.0]])
+    b = LossInputs(pc, pr, pc * 2, pr * 2, pc * 3, pr * 3, hist, hist, len_chosen=torch.tensor([3, 2]),
+                   len_rejected=torch.tensor([1, 0]))
+    m = reduce_logps(b, "mean")
+    assert m.policy_chosen.tolist() == [-2.0, -2.0] and m.policy_rejected.tolist() == [-3.0, 0.0]
+    assert m.ref_chosen.tolist() == [-4.0, -4.0] and m.prev_rejected.tolist() == [-9.0, 0.0]
+    assert m.hist_chosen.tolist() == [[-2.0, -2.0 / 3], [-4.0, -2.0]]
+    assert reduce_logps(b, "sum") is b

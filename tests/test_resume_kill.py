@@ -135,7 +135,7 @@ def tiny(cache: Path) -> dict:
         "sampling": {"num_samples": 3, "max_new_tokens": 6},
         "train": {"epochs": 1, "batch_size": 4, "lr": 1e-3},
         "data": {"num_eval_prompts": 4},
-        "algo": {"name": "inpo", "eta": 4.0, "tau": 0.05},
+        "algo": {"name": "inpo", "eta": 0.25, "tau": 0.05},
     }
 
 

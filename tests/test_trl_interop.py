@@ -66,7 +66,7 @@ def test_inpo_loss_in_dpo_trainer_equals_our_function_and_trains(parts, tmp_path
     model = copy.deepcopy(policy)
     trainer = NashDPOTrainer(model=model, ref_model=copy.deepcopy(ref), args=config(tmp_path / "o"),
                              train_dataset=Dataset.from_list(ROWS), processing_class=tok, loss="inpo",
-                             eta=4.0, tau=0.05)
+                             eta=0.25, tau=0.05)
     ds = trainer.train_dataset
 
     def lp(m: torch.nn.Module, side: str) -> torch.Tensor:
@@ -77,7 +77,7 @@ def test_inpo_loss_in_dpo_trainer_equals_our_function_and_trains(parts, tmp_path
     assert torch.allclose(torch.tensor(ds["prev_rejected_logps"], dtype=torch.float64), lp(pi_t, "rejected"),
                           atol=1e-4)
     expected = inpo_loss(lp(pi_t, "chosen"), lp(pi_t, "rejected"), lp(ref, "chosen"), lp(ref, "rejected"),
-                         lp(pi_t, "chosen"), lp(pi_t, "rejected"), eta=4.0, tau=0.05).mean().item()
+                         lp(pi_t, "chosen"), lp(pi_t, "rejected"), eta=0.25, tau=0.05).mean().item()
     assert expected > 1e-3  # pi_t != pi_ref, so the loss is not trivially at a special value
     got = trainer.compute_loss(trainer.model, batch_of(trainer)).item()
     assert got == pytest.approx(expected, rel=1e-5, abs=1e-6)

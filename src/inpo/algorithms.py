@@ -22,7 +22,11 @@ from dataclasses import dataclass
 import torch
 
 from inpo import losses
-from inpo.config import AlgoConfig
+from inpo.config import AlgoConfig, RunConfig
+from inpo.losses import win_rates
+
+__all__ = ["ALGORITHMS", "Algorithm", "LossInputs", "Pairs", "at_iteration", "build_pairs", "mixture_coefficient",
+           "reduce_logps", "win_rates"]
 
 Tensor = torch.Tensor
 
@@ -80,11 +84,8 @@ def _egpo(b: LossInputs, c: AlgoConfig) -> Tensor:
 
 
 def _ipo(b: LossInputs, c: AlgoConfig) -> Tensor:
-    lengths = (b.len_chosen, b.len_rejected) if c.ipo_average_tokens else (None, None)
-    return losses.ipo_loss(
-        b.policy_chosen, b.policy_rejected, b.ref_chosen, b.ref_rejected, beta=c.beta,
-        chosen_lengths=lengths[0], rejected_lengths=lengths[1],
-    )
+    # per-token IPO (TRL's loss_type="ipo") is train.logprob_reduction=mean: the inputs arrive already reduced
+    return losses.ipo_loss(b.policy_chosen, b.policy_rejected, b.ref_chosen, b.ref_rejected, beta=c.beta)
 
 
 def _dpo(b: LossInputs, c: AlgoConfig) -> Tensor:
@@ -108,8 +109,8 @@ ALGORITHMS: dict[str, Algorithm] = {
         Algorithm("egpo", _egpo, needs_ref=True, needs_prev=True, needs_history=False, needs_winrates=False,
                   pairing="all", steps_per_iteration=2),
         # Nash-MD: the same regression target as INPO, but pairs sampled from the token-level geometric
-        # mixture pi_t^{1-eta*tau} pi_ref^{eta*tau} (Munos et al. 2023; see losses.nash_md_loss for the
-        # policy-gradient form used on the games).
+        # mixture pi_t^{1-tau/eta} pi_ref^{tau/eta} (Munos et al. 2023, their mixture coefficient eta_M tau with
+        # eta_M = 1/eta; see mixture_coefficient and losses.nash_md_loss for the policy-gradient form).
         Algorithm("nash-md", _inpo, needs_ref=True, needs_prev=True, needs_history=False, needs_winrates=False,
                   pairing="all", sample_from_mixture=True),
         Algorithm("ipo", _ipo, needs_ref=True, needs_prev=False, needs_history=False, needs_winrates=False,
@@ -135,10 +136,43 @@ class Pairs:
         return int(self.chosen.numel())
 
 
-def win_rates(m: Tensor) -> Tensor:
-    """P^(y_i > pi_t) per sample: mean of M[i, j] over the other K-1 samples. ``m``: [N, K, K]."""
-    k = m.shape[-1]
-    return (m.sum(-1) - m.diagonal(dim1=-2, dim2=-1)) / (k - 1)
+def at_iteration(cfg: RunConfig, t: int) -> RunConfig:
+    """The run config of iteration t: with ``algo.eta_schedule=theorem4``, ``algo.eta`` is INPO's Theorem 4 step
+    ``eta_t = tau (t+2)/2`` (t = 1, 2, ...: iteration t updates pi_t, pi_1 = pi_ref); unchanged otherwise."""
+    if cfg.algo.eta_schedule == "constant":
+        return cfg
+    return cfg.model_copy(update={"algo": cfg.algo.model_copy(update={"eta": cfg.algo.eta_at(t)})})
+
+
+def mixture_coefficient(c: AlgoConfig) -> float:
+    """Nash-MD's geometric-mixture weight on pi_ref, ``pi_t^{1-m} pi_ref^{m}``: ``m = tau/eta`` in INPO's symbols
+    (Munos et al.'s ``eta_M tau`` with their learning rate ``eta_M = 1/eta``; TRL NashMD ``mixture_coef``)."""
+    assert c.eta is not None and c.tau is not None
+    return c.tau / c.eta
+
+
+_LOGP_FIELDS = ("policy", "ref", "prev", "hist")
+
+
+def reduce_logps(b: LossInputs, reduction: str | None) -> LossInputs:
+    """The batch's log-probs as ``train.logprob_reduction`` asks: ``sum`` (or None) leaves the summed sequence
+    log-probs; ``mean`` divides every one of them, policy and cached anchors (ref, prev, history) alike, by its
+    response's token count, clamped at 1 as TRL does (an empty response, immediate EOS, has log-prob 0)."""
+    if reduction in (None, "sum"):
+        return b
+    if reduction != "mean":
+        raise ValueError(f"unknown logprob_reduction {reduction!r} (sum | mean)")
+    if b.len_chosen is None or b.len_rejected is None:
+        raise ValueError("logprob_reduction=mean needs the response lengths")
+    lc = b.len_chosen.to(b.policy_chosen.dtype).clamp(min=1.0)
+    lr = b.len_rejected.to(b.policy_chosen.dtype).clamp(min=1.0)
+    out = dict(b.__dict__)
+    for name in _LOGP_FIELDS:
+        for side, n in (("chosen", lc), ("rejected", lr)):
+            v = out[f"{name}_{side}"]
+            if v is not None:
+                out[f"{name}_{side}"] = v / (n.unsqueeze(-1) if v.ndim > n.ndim else n)
+    return LossInputs(**out)
 
 
 def build_pairs(m: Tensor, pairing: str, *, generator: torch.Generator | None = None) -> Pairs:
@@ -156,7 +190,7 @@ def build_pairs(m: Tensor, pairing: str, *, generator: torch.Generator | None = 
         return Pairs(chosen.flatten()[keep], rejected.flatten()[keep], weight.flatten()[keep].float(),
                      prompt.flatten()[keep])
     if pairing == "best_vs_worst":
-        s = win_rates(m)
+        s = win_rates(m, "leave_one_out")
         best, worst = s.argmax(-1), s.argmin(-1)
         keep = (s.max(-1).values - s.min(-1).values) > 1e-9
         idx = torch.arange(n)[keep]

@@ -65,6 +65,9 @@ def train(
         config = resume / "config.yaml"
         if not config.is_file():
             raise InpoError(f"{resume}: nothing to resume (no config.yaml)")
+        from inpo.config import check_run_version
+
+        check_run_version(resume)  # before its config.yaml is read with today's field meanings
         overrides.setdefault("output_dir", str(resume))
     flags = {"iterations": iterations, "seed": seed, "output_dir": output_dir}
     overrides.update({k: v for k, v in flags.items() if v is not None})

@@ -97,41 +97,108 @@ class JudgeConfig(_Frozen):
     path: str = "builtin"
 
 
-class AlgoConfig(_Frozen):
-    """Algorithm and its hyperparameters (names as in the papers; see inpo/losses.py).
+CONFIG_VERSION = 2
+"""Version of the meaning of the config fields, written to a run's ``state.json``. 2: ``algo.eta`` is INPO's
+paper eta (``1/eta`` is the OMD learning rate; version 1's ``eta`` was its inverse, ``1/eta``), ``algo.tau <=
+algo.eta``; per-algorithm defaults; ``train.logprob_reduction``; SPPO's win-rate estimator."""
 
-    INPO / MNPO / EGPO / Nash-MD: ``eta`` (step size; public code's ``beta = 1/eta``) and ``tau`` (KL
-    regularization; ``eta*tau <= 1``). SPPO: ``eta``. DPO / IPO: ``beta``.
+CONFIG_VERSION_CHANGES = (
+    "inpo config version 2 changed the meaning of algo.eta for inpo/mnpo/egpo/nash-md (it is now the INPO paper's "
+    "eta: the old eta is 1/eta, e.g. old eta=4 is eta=0.25), SPPO's default win-rate estimator (now self-inclusive, "
+    "/K) and added train.logprob_reduction"
+)
+
+# The one source of truth for per-algorithm defaults (docs/algorithms/*.md's tables are checked against it by
+# tests/test_config_defaults.py). Fields an algorithm does not use stay None. ``tau`` is set for every algorithm:
+# the evaluation reports the duality gap of the tau-regularized game for all of them.
+ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
+    # INPO paper eta, tau (Eq. 5/8): target 1/(2 eta), anchor weights tau/eta, 1 - tau/eta. Built-in task: eta=0.25
+    # (= 1/4: the OMD learning rate 4 of config version 1), tau=0.1, tau/eta=0.4.
+    "inpo": {"eta": 0.25, "tau": 0.1, "logprob_reduction": "sum"},
+    "mnpo": {"eta": 0.25, "tau": 0.1, "logprob_reduction": "mean"},  # smiles724/MNPO: average_log_prob=True
+    "egpo": {"eta": 0.25, "tau": 0.1, "logprob_reduction": "sum"},
+    "nash-md": {"eta": 0.25, "tau": 0.1, "logprob_reduction": "sum"},
+    # SPPO paper eta (the MW step) = 1/beta of its code. Built-in task: 16/3 = 4 K/(K-1) at K = 4, i.e. the MW step 4 of
+    # config version 1, whose leave-one-out win rates had no (K-1)/K shrinkage (the default estimator now has it).
+    "sppo": {"eta": 16 / 3, "tau": 0.1, "logprob_reduction": "sum"},
+    "dpo": {"beta": 0.1, "tau": 0.1, "logprob_reduction": "sum"},
+    "ipo": {"beta": 0.1, "tau": 0.1, "logprob_reduction": "sum"},
+}
+INPO_FAMILY = ("inpo", "mnpo", "egpo", "nash-md")  # INPO's eta/tau parametrization (its loss, or its mirror step)
+
+
+class AlgoConfig(_Frozen):
+    """Algorithm and its hyperparameters, named and scaled as in each algorithm's paper (inpo/losses.py, one
+    docs/algorithms/<algo>.md page each). Unset fields take the algorithm's default (``ALGO_DEFAULTS``).
+
+    INPO / MNPO / EGPO / Nash-MD: ``eta``, ``tau`` as in INPO (arXiv 2407.00617): ``1/eta`` is the OMD learning
+    rate, ``tau`` the KL regularization, ``0 <= tau <= eta``; public code's ``beta``/``eta`` with target
+    ``1/(2 beta)`` is this ``eta``, MNPO's ``ratio`` is ``tau/eta``. ``eta_schedule=theorem4``: INPO's
+    Theorem 4 step ``eta_t = tau (t+2)/2`` (``eta`` is then unused). SPPO: its paper's ``eta`` (the MW step;
+    uclaml/SPPO ``beta = 1/eta``) and ``winrate_estimator``. DPO / IPO: ``beta``.
     """
 
     name: Literal["inpo", "dpo", "ipo", "sppo", "mnpo", "egpo", "nash-md"] = "inpo"
-    eta: float = 4.0
-    tau: float = 0.1
-    beta: float = 0.1
+    eta: float | None = None
+    tau: float | None = None
+    beta: float | None = None
+    eta_schedule: Literal["constant", "theorem4"] = "constant"
+    winrate_estimator: Literal["with_self", "leave_one_out"] = Field(
+        default="with_self", description="SPPO: P^(y_i > pi_t) = (sum_j M[i,j] incl. the self-comparison 1/2) / K "
+        "(uclaml/SPPO) or the mean over the other K-1 samples")
     pairing: Literal["default", "best_vs_worst", "all", "random"] = "default"
-    ipo_average_tokens: bool = False
     mnpo_weights: tuple[float, ...] = (0.5, 0.5)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            if "ipo_average_tokens" in data:
+                raise ValueError("ipo_average_tokens was replaced by train.logprob_reduction=mean (TRL's per-token "
+                                 "IPO)")
+            defaults = ALGO_DEFAULTS.get(data.get("name", "inpo"), {})
+            data = {**{k: v for k, v in defaults.items() if k in ("eta", "tau", "beta")},
+                    **{k: v for k, v in data.items() if v is not None or k not in defaults}}
+        return data
 
     @field_validator("eta", "beta")
     @classmethod
-    def _pos(cls, v: float, info: Any) -> float:
-        return _finite_positive(info.field_name, v)
+    def _pos(cls, v: float | None, info: Any) -> float | None:
+        return v if v is None else _finite_positive(info.field_name, v)
 
     @field_validator("tau")
     @classmethod
-    def _tau(cls, v: float) -> float:
-        if not math.isfinite(v) or v < 0:
+    def _tau(cls, v: float | None) -> float | None:
+        if v is not None and (not math.isfinite(v) or v < 0):
             raise ValueError(f"tau must be a finite number >= 0, got {v}")
         return v
 
     @model_validator(mode="after")
     def _check(self) -> AlgoConfig:
-        if self.eta * self.tau > 1:
-            raise ValueError(f"eta*tau must be <= 1 (eta={self.eta}, tau={self.tau})")
+        used = ALGO_DEFAULTS[self.name]
+        for k in ("eta", "tau", "beta"):
+            if k in used and getattr(self, k) is None:
+                raise ValueError(f"{k} is required by {self.name}")
+        if self.eta_schedule == "theorem4":
+            if self.name != "inpo":
+                raise ValueError(f"eta_schedule=theorem4 is INPO's Theorem 4 step eta_t = tau (t+2)/2; not defined "
+                                 f"for {self.name}")
+            if not (self.tau or 0) > 0:
+                raise ValueError("eta_schedule=theorem4 needs tau > 0 (eta_t = tau (t+2)/2)")
+        elif self.name in INPO_FAMILY and self.tau > self.eta:  # type: ignore[operator]
+            raise ValueError(f"tau must be <= eta (INPO's anchor weight tau/eta is in [0, 1]; eta={self.eta}, "
+                             f"tau={self.tau}; config version 1's eta is 1/eta now)")
         w = self.mnpo_weights
         if not w or any((not math.isfinite(x)) or x < 0 for x in w) or abs(sum(w) - 1) > 1e-6:
             raise ValueError(f"mnpo_weights must be non-negative and sum to 1, got {list(w)}")
         return self
+
+    def eta_at(self, t: int) -> float:
+        """The eta of iteration t (t = 1, 2, ...; iteration t updates pi_t to pi_{t+1}, pi_1 = pi_ref)."""
+        if self.eta_schedule == "theorem4":
+            return float(self.tau) * (t + 2) / 2.0  # type: ignore[arg-type]
+        assert self.eta is not None
+        return self.eta
 
 
 class TrainConfig(_Frozen):
@@ -144,6 +211,9 @@ class TrainConfig(_Frozen):
     weight_decay: float = Field(default=0.0, ge=0)
     logprob_batch_size: int = Field(default=256, gt=0)
     group_by_length: bool = Field(default=False, description="steps of prompts with similar lengths (less padding)")
+    logprob_reduction: Literal["sum", "mean"] | None = Field(
+        default=None, description="sequence log-prob of a response: sum over its tokens, or the per-token mean "
+        "(policy, cached anchors and metrics alike); None = the algorithm's default (its paper's / code's)")
 
     @field_validator("lr", "max_grad_norm")
     @classmethod
@@ -181,6 +251,24 @@ class RunConfig(_Frozen):
     algo: AlgoConfig = AlgoConfig()
     train: TrainConfig = TrainConfig()
     task: TaskConfig = TaskConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _algo_defaults(cls, data: Any) -> Any:
+        """``train.logprob_reduction`` unset: the algorithm's default (``ALGO_DEFAULTS``)."""
+        if not isinstance(data, dict):
+            return data
+        algo = data.get("algo", {})
+        name = algo.get("name", "inpo") if isinstance(algo, dict) else getattr(algo, "name", "inpo")
+        default = ALGO_DEFAULTS.get(name, {}).get("logprob_reduction")
+        train = data.get("train", {})
+        if default is None:
+            return data
+        if isinstance(train, dict) and train.get("logprob_reduction") is None:
+            return {**data, "train": {**train, "logprob_reduction": default}}
+        if isinstance(train, TrainConfig) and train.logprob_reduction is None:
+            return {**data, "train": train.model_copy(update={"logprob_reduction": default})}
+        return data
 
     @model_validator(mode="after")
     def _builtin_consistency(self) -> RunConfig:
@@ -305,6 +393,25 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             raise InpoError(f"{p}: expected a mapping at the top level, got {type(loaded).__name__}")
         data = loaded
     return build_config(_merge(data, overrides or {}), source)
+
+
+def check_run_version(run_dir: str | Path) -> None:
+    """Refuse a run directory written before config version ``CONFIG_VERSION`` (its fields meant other things):
+    one line saying what changed. A directory without ``state.json`` is not checked here."""
+    import json
+
+    p = Path(run_dir) / "state.json"
+    if not p.is_file():
+        return
+    try:
+        state = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return  # the run directory's own check reports a corrupt state file
+    version = state.get("config_version", 1) if isinstance(state, dict) else 1
+    if version != CONFIG_VERSION:
+        raise InpoError(f"{run_dir}: the run was made with config version {version}, this inpo reads version "
+                        f"{CONFIG_VERSION} and will not resume it: {CONFIG_VERSION_CHANGES}; start a new run "
+                        "(e.g. with algo.eta=1/old_eta)")
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -40,7 +40,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from inpo import train
-from inpo.algorithms import ALGORITHMS, Algorithm, Pairs, build_pairs, win_rates
+from inpo.algorithms import ALGORITHMS, Algorithm, Pairs, at_iteration, build_pairs, mixture_coefficient, win_rates
 from inpo.config import RunConfig, resolve_output_dir, with_absolute_paths
 from inpo.data import Prompt
 from inpo.evaluate import evaluate_policy
@@ -151,7 +151,7 @@ def sample(ctx: Context, t: int, step: int, policy: torch.nn.Module, bars: Progr
     cfg, setup, accelerator = ctx.cfg, ctx.setup, ctx.accelerator
     prompt_ids = [p.ids for p in setup.train_prompts]
     bar = bars.add_task(f"iter {t} sample", total=len(prompt_ids))
-    mixture = (setup.ref, cfg.algo.eta * cfg.algo.tau) if ctx.algo.sample_from_mixture else None
+    mixture = (setup.ref, mixture_coefficient(cfg.algo)) if ctx.algo.sample_from_mixture else None
     responses = sharded_stage(accelerator, ctx.rundir.stage(t, f"s{step}_samples"), sample_stage, len(prompt_ids),
                               accelerator.unwrap_model(policy), prompt_ids, cfg, setup,
                               seed=seed_for(cfg, t, step, "sample") + accelerator.process_index,
@@ -199,8 +199,8 @@ def train_policy(ctx: Context, t: int, step: int, policy: torch.nn.Module, optim
                  samples: Samples, pairs: Pairs, cache: dict[str, torch.Tensor], matrices: torch.Tensor,
                  bars: Progress) -> dict[str, float]:
     """Minimize the algorithm's loss L_t over the pairs (:func:`inpo.train.train_on_pairs`); mean metrics."""
-    algo, cfg = ctx.algo, ctx.cfg
-    wr = win_rates(matrices).flatten().float() if algo.needs_winrates else None
+    algo, cfg = ctx.algo, at_iteration(ctx.cfg, t)  # eta_t (INPO's Theorem 4 schedule) or the constant eta
+    wr = win_rates(matrices, cfg.algo.winrate_estimator).flatten().float() if algo.needs_winrates else None
     steps = math.ceil(len(torch.unique(pairs.prompt)) / cfg.train.batch_size) * cfg.train.epochs
     bar = bars.add_task(f"iter {t} train", total=steps)
     try:

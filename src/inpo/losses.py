@@ -2,7 +2,9 @@
 
 Conventions (DESIGN.md section 3 and 6):
 
-* Inputs are *summed* sequence log-probs log pi(y|x) over response tokens, one value per example,
+* Inputs are sequence log-probs log pi(y|x) of the responses, one value per example (summed over response
+  tokens, or their per-token mean under ``train.logprob_reduction=mean``; the loop reduces every log-prob of a
+  batch, policy and anchors alike, the same way before calling a loss),
   named ``<model>_<side>``: ``policy_chosen`` = log pi_theta(y_w|x), ``ref_rejected`` = log pi_ref(y_l|x),
   ``prev_*`` = log pi_t (the iterate at the start of the iteration, the "anchor"), ``hist_*`` = log-probs
   of the last n iterates stacked on the last dimension.
@@ -16,15 +18,14 @@ per algorithm with the derivations and the tests that pin them):
 =========  ====================  ==================================================================
 loss       our arguments         paper symbols / public-code names
 =========  ====================  ==================================================================
-INPO       ``eta``, ``tau``      paper eta (OMD step), tau (KL reg.). Code that writes the target
-                                 as ``1/(2*beta)`` (e.g. smiles724/MNPO: ``1/(2*eta_code)``) has
-                                 ``beta = eta_code = 1/eta``; its ``ratio`` is ``eta*tau``.
-MNPO       ``eta``, ``tau``,     smiles724/MNPO ``ratio = eta*tau``, ``eta_code = 1/eta``,
-           ``weights``           ``history_weights`` (normalized to sum 1, as there).
+INPO       ``eta``, ``tau``      paper eta (1/eta = OMD learning rate), tau (KL reg.), exactly:
+                                 target ``1/(2*eta)``, anchor weights ``tau/eta``, ``1 - tau/eta``.
+MNPO       ``eta``, ``tau``,     smiles724/MNPO ``eta`` (target ``1/(2*eta)``) = ours, ``ratio =
+           ``weights``           tau/eta``, ``history_weights`` (normalized to sum 1, as there).
 IPO        ``beta``              Azar et al. tau (TRL ``beta``): target ``1/(2*beta)``.
 DPO        ``beta``              Rafailov et al. beta (TRL ``beta``).
-SPPO       ``eta``               Wu et al. eta; uclaml/SPPO and TRL write ``1/beta``: ``eta = 1/beta``.
-EGPO       ``eta``, ``tau``      Zhou et al. eta (step), beta (KL reg.) -> our ``tau``.
+SPPO       ``eta``               Wu et al. eta (MW step); uclaml/SPPO and TRL: ``eta = 1/beta``.
+EGPO       ``eta``, ``tau``      INPO's eta, tau: Zhou et al.'s step eta = ``1/eta``, beta = ``tau``.
 Nash-MD    ``beta``              Munos et al. tau (KL reg.) = TRL NashMD ``beta``; the paper's mixture
                                  coefficient beta (TRL ``mixture_coef``) belongs to the sampler.
 =========  ====================  ==================================================================
@@ -53,8 +54,8 @@ def _check_eta_tau(eta: float, tau: float) -> None:
         raise ValueError(f"eta must be > 0, got {eta}")
     if not tau >= 0:
         raise ValueError(f"tau must be >= 0, got {tau}")
-    if eta * tau > 1.0 + 1e-12:
-        raise ValueError(f"eta*tau must be <= 1 (eta={eta}, tau={tau})")
+    if tau > eta:
+        raise ValueError(f"tau must be <= eta (anchor weight tau/eta in [0, 1]; eta={eta}, tau={tau})")
 
 
 def inpo_loss(
@@ -68,35 +69,36 @@ def inpo_loss(
     eta: float,
     tau: float,
 ) -> Tensor:
-    r"""INPO: Iterative Nash Policy Optimization (Zhang et al. 2024, arXiv 2407.00617, ICLR 2025).
+    r"""INPO: Iterative Nash Policy Optimization (Zhang et al. 2024, arXiv 2407.00617, ICLR 2025 version).
 
-    Online mirror descent on the KL-regularized preference game (step size eta, regularization tau),
-    ``pi_{t+1}(y) ∝ pi_t(y)^{1-eta*tau} pi_ref(y)^{eta*tau} exp(eta * P(y > pi_t))``, learned without
-    win-rate estimates from pairs (y, y') ~ pi_t x pi_t labelled by the preference oracle:
+    Online mirror descent on the KL-regularized preference game (Sec. 3.1, Eq. 4:
+    ``pi_{t+1} = argmin <grad l_t(pi_t), pi> + eta KL(pi || pi_t)``, 1/eta the OMD learning rate, tau the KL
+    regularization), whose closed form is Eq. 5 / Eq. 11,
+    ``pi_{t+1}(y) ∝ exp(P(y > pi_t) / eta) pi_ref(y)^{tau/eta} pi_t(y)^{1 - tau/eta}``, learned without win-rate
+    estimates from pairs (y, y') ~ pi_t x pi_t labelled by the preference oracle (Eq. 8):
 
-        h_t(pi; y_w, y_l) = d(pi) - eta*tau * d(pi_ref) - (1 - eta*tau) * d(pi_t)
-        L_t(pi)           = E[(h_t(pi; y_w, y_l) - eta/2)^2]
+        h_t(pi; y_w, y_l) = d(pi) - (tau/eta) d(pi_ref) - (1 - tau/eta) d(pi_t)
+        L_t(pi)           = E[(h_t(pi; y_w, y_l) - 1/(2 eta))^2]
 
-    Why eta/2: ``(h(y_w, y_l) - eta/2)^2 = (h(y, y') - eta*(1{y > y'} - 1/2))^2`` because h is antisymmetric,
-    so the label target is ``eta*(P(y > y') - 1/2)`` in expectation, and its least-squares projection
-    onto differences f(y) - f(y') is ``f(y) = eta * P(y > pi_t) + const``: the OMD update exactly (tested
-    in tests/test_losses.py on a tabular game to 1e-7).
+    Why 1/(2 eta): ``(h(y_w, y_l) - 1/(2 eta))^2 = (h(y, y') - (1{y > y'} - 1/2)/eta)^2`` because h is
+    antisymmetric, so the label target is ``(P(y > y') - 1/2)/eta`` in expectation, and its least-squares
+    projection onto differences f(y) - f(y') is ``f(y) = P(y > pi_t)/eta + const``: the OMD update exactly
+    (tested in tests/test_losses.py on a tabular game to 1e-7, also at the paper's eta = 0.005, tau = eta/3).
 
-    Symbols -> arguments: eta -> ``eta``, tau -> ``tau``, pi_t -> ``prev_*``, pi_ref -> ``ref_*``.
-    Public code that writes the target as ``1/(2*beta)`` (smiles724/MNPO's INPO/MNPO trainer:
-    ``logits_shift = 1/(2*eta_code)``, ``ratio`` in place of eta*tau) uses ``beta = eta_code = 1/eta``.
-    Special cases: ``eta*tau = 1`` gives IPO with ``beta = 1/eta`` (= tau); at ``pi = pi_t`` the
-    gradient equals ``eta*tau`` times the IPO(beta=tau) gradient (online IPO, see :func:`egpo_loss`).
-    Requires ``eta > 0``, ``tau >= 0``, ``eta * tau <= 1`` (ValueError otherwise).
+    Symbols -> arguments, exactly the paper's: eta -> ``eta``, tau -> ``tau``, pi_t -> ``prev_*``, pi_ref ->
+    ``ref_*``. smiles724/MNPO's INPO/MNPO trainer (``logits_shift = 1/(2*eta)``) uses the same ``eta``, and
+    ``ratio = tau/eta``. Special cases: ``tau = eta`` is IPO with ``beta = eta`` (= tau); at ``pi = pi_t`` the
+    gradient equals ``tau/eta`` times the IPO(beta=tau) gradient (online IPO, see :func:`egpo_loss`).
+    Requires ``eta > 0`` and ``0 <= tau <= eta`` (ValueError otherwise).
     """
     _check_eta_tau(eta, tau)
-    r = eta * tau
+    r = tau / eta
     h = (
         _margin(policy_chosen, policy_rejected)
         - r * _margin(ref_chosen, ref_rejected)
         - (1.0 - r) * _margin(prev_chosen, prev_rejected)
     )
-    return (h - eta / 2.0) ** 2
+    return (h - 1.0 / (2.0 * eta)) ** 2
 
 
 def mnpo_loss(
@@ -118,15 +120,18 @@ def mnpo_loss(
     j = 0 the most recent), with weights lambda_j (``weights``; normalized to sum to 1 as the reference
     code does, ``lambda_j = w_j / sum(w)``):
 
-        L(pi) = (d(pi) - eta*tau * d(pi_ref) - (1 - eta*tau) * sum_j lambda_j d(pi_{t-j}) - eta/2)^2.
+        L(pi) = (d(pi) - (tau/eta) d(pi_ref) - (1 - tau/eta) sum_j lambda_j d(pi_{t-j}) - 1/(2 eta))^2.
 
     Population minimizer, for pairs drawn from mu x mu (the loop: mu = pi_t):
-    ``pi_{t+1} ∝ pi_ref^{eta*tau} prod_j pi_{t-j}^{(1-eta*tau) lambda_j} exp(eta * P(y > mu))``.
+    ``pi_{t+1} ∝ pi_ref^{tau/eta} prod_j pi_{t-j}^{(1-tau/eta) lambda_j} exp(P(y > mu) / eta)``.
     Drawing the pairs from the arithmetic mixture sum_j lambda_j pi_{t-j} instead makes the preference term
     the multiplayer one, ``sum_j lambda_j P(y > pi_{t-j})``.
 
-    Reference-code mapping: ``ratio = eta*tau``, ``eta_code = 1/eta`` (target ``1/(2*eta_code)``).
-    With n = 1 this is exactly :func:`inpo_loss` (tested bit-for-bit).
+    Reference-code mapping (``mnpo_trainer.py``): its ``eta`` is ours (target ``logits_shift = 1/(2*eta)``), its
+    ``ratio = tau/eta``; its experiments: eta = 0.0075, ratio = 1/3, two history iterates with equal weights.
+    Upstream trains on per-token *mean* log-probs (SimPO's ``average_log_prob=True``): our
+    ``train.logprob_reduction`` defaults to ``mean`` for MNPO. With n = 1 this is exactly :func:`inpo_loss`
+    (tested bit-for-bit).
     """
     _check_eta_tau(eta, tau)
     w = torch.as_tensor(weights, dtype=hist_chosen.dtype, device=hist_chosen.device)
@@ -135,14 +140,14 @@ def mnpo_loss(
     if bool((w < 0).any()) or not float(w.sum()) > 0:
         raise ValueError(f"weights must be non-negative with a positive sum, got {w.tolist()}")
     w = w / w.sum()
-    r = eta * tau
+    r = tau / eta
     hist_margin = (_margin(hist_chosen, hist_rejected) * w).sum(-1)
     h = (
         _margin(policy_chosen, policy_rejected)
         - r * _margin(ref_chosen, ref_rejected)
         - (1.0 - r) * hist_margin
     )
-    return (h - eta / 2.0) ** 2
+    return (h - 1.0 / (2.0 * eta)) ** 2
 
 
 def ipo_loss(
@@ -161,16 +166,18 @@ def ipo_loss(
     Symbols -> arguments: the paper's regularization tau -> ``beta`` (TRL's name and convention).
     Population minimizer for pairs from mu x mu labelled by P: ``pi ∝ pi_ref exp(P(y > mu) / beta)``
     (Azar et al., the Psi = identity solution; tested on a tabular game). With mu = pi_t re-sampled each
-    iteration this is online/iterative IPO; it equals :func:`inpo_loss` with ``eta = 1/beta, tau = beta``.
+    iteration this is online/iterative IPO; it equals :func:`inpo_loss` with ``eta = tau = beta``.
 
     Default (no lengths): the paper's summed form. With ``chosen_lengths`` / ``rejected_lengths`` (response
-    token counts) every log-prob, policy and reference, is divided by its length first: what TRL's
-    ``DPOTrainer(loss_type="ipo")`` computes (``all_logps / loss_mask.sum(-1)`` in its concatenated forward).
+    token counts) every log-prob, policy and reference, is divided by its length first, clamped at 1 token
+    (an empty response, immediate EOS, has log-prob 0 and is divided by 1): what TRL's
+    ``DPOTrainer(loss_type="ipo")`` computes (``scores / mask.sum(1).clamp(min=1.0)``).
     """
     if (chosen_lengths is None) != (rejected_lengths is None):
         raise ValueError("give both chosen_lengths and rejected_lengths, or neither")
     if chosen_lengths is not None and rejected_lengths is not None:
-        cl, rl = chosen_lengths.to(policy_chosen.dtype), rejected_lengths.to(policy_chosen.dtype)
+        cl = chosen_lengths.to(policy_chosen.dtype).clamp(min=1.0)
+        rl = rejected_lengths.to(policy_chosen.dtype).clamp(min=1.0)
         policy_chosen, ref_chosen = policy_chosen / cl, ref_chosen / cl
         policy_rejected, ref_rejected = policy_rejected / rl, ref_rejected / rl
     logits = _margin(policy_chosen, policy_rejected) - _margin(ref_chosen, ref_rejected)
@@ -219,7 +226,11 @@ def sppo_loss(
 
     ``winrate_*`` = P^(y > pi_t), estimated from the K samples of the prompt; pi_t -> ``prev_*``.
     Mapping: the official code (uclaml/SPPO ``sppo/trainer.py``, ``loss_type="sppo"``) computes exactly this,
-    ``(logits_w - (P_w - 0.5)/beta)^2`` etc. with the reference model reset to pi_t, so ``eta = 1/beta``.
+    ``(logits_w - (P_w - 0.5)/beta)^2`` etc. with the reference model reset to pi_t, so ``eta = 1/beta``, given
+    the same win-rate estimates: its ``scripts/compute_prob.py`` includes the self-comparison (1/2) and divides by
+    K, ``P^ = (1/2 + sum_{j != i} P_ij) / K``, whose mean is ``1/2 + (K-1)/K (P(y > pi_t) - 1/2)``: its effective
+    MW step is ``eta (K-1)/K``. :func:`win_rates` offers both estimators (``with_self``, the
+    default, as there; ``leave_one_out``, mean over the other K-1, unbiased: effective step ``eta``).
     No pi_ref term: SPPO regularizes only through the anchor pi_t.
 
     The loss is *pointwise*, so it also pins the normalizer: over an unconstrained (unnormalized) table the
@@ -270,22 +281,23 @@ def egpo_loss(
 ) -> Tensor:
     r"""EGPO: Extragradient Preference Optimization (Zhou, Fazel, Du 2025, arXiv 2503.08942, COLM 2025).
 
-    Extragradient on the KL-regularized game (paper's KL coefficient beta -> our ``tau``), from pi_t:
+    Extragradient on the KL-regularized game, written in INPO's symbols (``eta``, ``tau`` as in
+    :func:`inpo_loss`; the paper's step size eta_EGPO = ``1/eta``, its KL coefficient beta = ``tau``), from pi_t:
 
-        half step  pi_{t+1/2} ∝ pi_t^{1-eta*tau} pi_ref^{eta*tau} exp(eta P(y > pi_t))
-        full step  pi_{t+1}   ∝ pi_t^{1-eta*tau} pi_ref^{eta*tau} exp(eta P(y > pi_{t+1/2}))
+        half step  pi_{t+1/2} ∝ pi_t^{1-tau/eta} pi_ref^{tau/eta} exp(P(y > pi_t) / eta)
+        full step  pi_{t+1}   ∝ pi_t^{1-tau/eta} pi_ref^{tau/eta} exp(P(y > pi_{t+1/2}) / eta)
 
     This function learns each step exactly, with INPO's regression loss anchored at pi_t (``anchor_*``) in
     *both* steps and pairs drawn from the step's opponent (pi_t for the half step, pi_{t+1/2} for the full
     step; the loop implements that):
 
-        L = (d(pi) - eta*tau * d(pi_ref) - (1 - eta*tau) * d(pi_t) - eta/2)^2.
+        L = (d(pi) - (tau/eta) d(pi_ref) - (1 - tau/eta) d(pi_t) - 1/(2 eta))^2.
 
     Deviation from the paper's implementation: zhourunlong/EGPO does not minimize per step; it takes one
     gradient step of the *online IPO* loss ``(d(pi) - d(pi_ref) - (P(y > y'') - P(y' > y''))/beta)^2``
     (samples from the current policy, anchor pi_ref), against pi_t and then against pi_{t+1/2}, in
     parameter space (its ``simulations`` and ``lms/trainers/extragradient_trainer.py``). The two agree to
-    first order: at pi = pi_t the gradient of this loss is ``eta*tau`` times the gradient of
+    first order: at pi = pi_t the gradient of this loss is ``tau/eta`` times the gradient of
     :func:`ipo_loss` with ``beta = tau`` (tested). Minimizing to convergence gives the exact tabular step
     (tested: half and full step on a game to 1e-7).
     """
@@ -322,6 +334,25 @@ def nash_md_loss(
     """
     advantage = (preference - 0.5) - beta * (policy_logps - ref_logps)
     return -advantage.detach() * policy_logps
+
+
+def win_rates(m: Tensor, estimator: str = "with_self") -> Tensor:
+    """P^(y_i > pi_t) per sample from the judge matrices ``m`` [N, K, K].
+
+    * ``with_self`` (uclaml/SPPO ``scripts/compute_prob.py``: the row sum of the K x K matrix including the
+      self-comparison M[i, i] = 1/2, divided by K): ``(sum_j M[i, j]) / K``. Its expectation is
+      ``1/2 + (K-1)/K (P(y_i > pi_t) - 1/2)``, so SPPO's effective step is ``eta (K-1)/K``.
+    * ``leave_one_out``: the mean over the other K-1 samples, ``(sum_{j != i} M[i, j]) / (K-1)``, unbiased for
+      P(y_i > pi_t).
+
+    The two are an increasing affine map of each other, so rankings (best-vs-worst pairs) are the same.
+    """
+    k = m.shape[-1]
+    if estimator == "with_self":
+        return (m.sum(-1) - m.diagonal(dim1=-2, dim2=-1) + 0.5) / k
+    if estimator == "leave_one_out":
+        return (m.sum(-1) - m.diagonal(dim1=-2, dim2=-1)) / (k - 1)
+    raise ValueError(f"unknown win-rate estimator {estimator!r} (with_self | leave_one_out)")
 
 
 def preference_metrics(

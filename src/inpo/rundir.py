@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from inpo.config import RunConfig, dump_config
+from inpo.config import CONFIG_VERSION, RunConfig, check_run_version, dump_config
 from inpo.errors import InpoError
 
 
@@ -121,6 +121,7 @@ class RunDir:
             if not resume:
                 raise InpoError(f"{self.path}: run directory already holds a run (use --resume to continue it "
                                 "or --overwrite to replace it)")
+            check_run_version(self.path)  # a run made under other field meanings (e.g. algo.eta) never resumes
             if "config_hash" not in state and cfg_file.read_text() == dump_config(cfg):
                 return 0  # killed between writing config.yaml and state.json
             if state.get("config_hash") != h and not allow_change:
@@ -160,7 +161,8 @@ class RunDir:
         except OSError as e:
             raise InpoError(f"{self.path}: cannot create the run directory ({e.strerror or e})") from None
         atomic_write_text(self.path / "config.yaml", dump_config(cfg))
-        self.write_state({"config_hash": config_hash(cfg), "completed_iterations": 0, "versions": versions()})
+        self.write_state({"config_hash": config_hash(cfg), "config_version": CONFIG_VERSION, "completed_iterations": 0,
+                          "versions": versions()})
         return 0
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from inpo.algorithms import Algorithm, LossInputs, Pairs
+from inpo.algorithms import Algorithm, LossInputs, Pairs, reduce_logps
 from inpo.config import RunConfig
 from inpo.errors import InpoError
 from inpo.logprobs import collate, sequence_logprobs
@@ -100,12 +100,12 @@ def train_on_pairs(
                     return (cache[name][c], cache[name][r]) if name in cache else (None, None)
 
                 hist, wr = cache.get("hist"), winrates
-                inputs = LossInputs(
+                inputs = reduce_logps(LossInputs(  # train.logprob_reduction: sums, or per-token means of all of them
                     lp[:b], lp[b:], *get("ref"), *get("prev"),
                     hist[c] if hist is not None else None, hist[r] if hist is not None else None,
                     wr[c] if wr is not None else None, wr[r] if wr is not None else None,
                     lengths[c], lengths[r],
-                )
+                ), cfg.train.logprob_reduction)
                 per_example = algo.loss(inputs, cfg.algo)
                 w = pairs.weight[idx]
                 loss = (per_example * w).sum() / step_weight * world  # DDP averages gradients over processes

@@ -104,8 +104,10 @@ def game(
     matrix: Path | None = typer.Option(None, help="User game .npy ([A,A] or [X,A,A]); overrides --game."),
     plot: Path | None = typer.Option(None, help="Write a PNG of the gap per iteration here."),
     seed: int = typer.Option(0, help="Seed for the game generator and the sampled dynamics."),
-    eta: float = typer.Option(0.5, help="Step size eta (INPO, SPPO, MNPO, EGPO, Nash-MD)."),
-    tau: float = typer.Option(0.05, help="KL regularization tau."),
+    eta: float = typer.Option(2.0, help="INPO's eta (paper's symbol; 1/eta is the step) for INPO, MNPO, EGPO, "
+                              "Nash-MD; SPPO steps by 1/eta."),
+    tau: float = typer.Option(0.05, help="KL regularization tau (0 < tau <= eta)."),
+    eta_schedule: str = typer.Option("constant", help="INPO: constant | theorem4 (eta_t = tau (t+2)/2)."),
     beta: float | None = typer.Option(None, help="DPO/IPO beta (default: tau)."),
     ref: str = typer.Option("uniform", help="Reference policy pi_ref (= pi_0): uniform | random."),
     pairs: int = typer.Option(256, min=1, help="Sampled: pairs per context and iteration."),
@@ -114,8 +116,11 @@ def game(
 ) -> None:
     """Algorithmic unit test on a finite preference game: duality gap per iteration per algorithm."""
     algos = parse_algos(algo)
-    if tau <= 0 or eta <= 0 or eta * tau > 1:
-        raise InpoError(f"--eta/--tau: need eta > 0, tau > 0 and eta*tau <= 1 (got eta={eta}, tau={tau})")
+    if not (tau > 0 and eta > 0 and (tau <= eta or eta_schedule == "theorem4")):
+        raise InpoError(f"--eta/--tau: need eta > 0 and 0 < tau <= eta (INPO's eta: 1/eta is the step; got "
+                        f"eta={eta}, tau={tau})")
+    if eta_schedule not in ("constant", "theorem4"):
+        raise InpoError(f"--eta-schedule must be 'constant' or 'theorem4', got {eta_schedule!r}")
     if beta is not None and beta <= 0:
         raise InpoError(f"--beta must be > 0, got {beta}")
     if matrix is not None:
@@ -130,7 +135,7 @@ def game(
         name = game
     X, A = P.shape[0], P.shape[-1]
     pi_ref = reference_policy(ref, X, A, seed)
-    cfg = DynamicsConfig(eta=eta, tau=tau, beta=beta, pairs=pairs, steps=steps, lr=lr)
+    cfg = DynamicsConfig(eta=eta, tau=tau, beta=beta, pairs=pairs, steps=steps, lr=lr, eta_schedule=eta_schedule)
     trajs = []
     for a in algos:
         if sampled:
@@ -138,14 +143,16 @@ def game(
         else:
             trajs.append(run_exact(P, a, iterations, cfg, pi_ref=pi_ref))
     mode = "sampled" if sampled else "exact"
-    title = f"{name}: A={A}, X={X}, {mode}, eta={eta}, tau={tau}, pi_ref={ref}"
+    sched = ", eta_t=tau(t+2)/2 (inpo)" if eta_schedule == "theorem4" else ""
+    title = f"{name}: A={A}, X={X}, {mode}, eta={eta}, tau={tau}{sched}, pi_ref={ref}"
     if plot is not None:
         write_plot(trajs, plot, title)
     if json_out:
         for tr in trajs:
             rec = {
                 "algo": tr.algo, "game": name, "actions": A, "contexts": X, "iterations": iterations,
-                "mode": mode, "eta": eta, "tau": tau, "beta": cfg.dpo_beta, "ref": ref, "seed": seed,
+                "mode": mode, "eta": eta, "tau": tau, "eta_schedule": eta_schedule, "beta": cfg.dpo_beta, "ref": ref,
+                "seed": seed,
                 "duality_gap": tr.gap_mean[-1], "duality_gap_max": tr.gap_max[-1],
                 "regularized_gap": tr.reg_gap_mean[-1], "regularized_gap_max": tr.reg_gap_max[-1],
                 "initial_gap": tr.gap_mean[0], "samples": tr.samples, "comparisons": tr.comparisons,

@@ -5,22 +5,28 @@ Policies are tabular, one distribution over the A actions per context, vectorize
 **Exact** (full information, :func:`run_exact`): the closed-form population update of each algorithm on
 log-policies ``[X, A]`` (``logpi``; ``P pi`` means ``(P pi)_i = P(y_i > pi)``):
 
-* ``inpo``    pi_{t+1} ∝ pi_t^{1-eta tau} pi_ref^{eta tau} exp(eta P pi_t)   (INPO, arXiv 2407.00617, Eq. 6)
-* ``sppo``    pi_{t+1} ∝ pi_t exp(eta P pi_t)   (multiplicative weights; SPPO arXiv 2405.00675, Eq. 3.5)
+``eta`` and ``tau`` are INPO's (arXiv 2407.00617): ``1/eta`` is the mirror-descent learning rate, ``tau`` the
+KL regularization, ``0 <= tau <= eta``.
+
+* ``inpo``    pi_{t+1} ∝ pi_t^{1-tau/eta} pi_ref^{tau/eta} exp(P pi_t / eta)   (INPO, Eq. 5 / Eq. 11); with
+  ``eta_schedule="theorem4"`` iteration t uses eta_t = tau (t+2)/2 (Theorem 4, O(1/T) last iterate)
+* ``sppo``    pi_{t+1} ∝ pi_t exp(eta_S P pi_t)   (multiplicative weights; SPPO arXiv 2405.00675, Eq. 3.5) with
+  SPPO's own step ``eta_S = sppo_eta`` (default ``1/eta``, the same learning rate as INPO's)
 * ``ipo``     pi_{t+1} ∝ pi_ref exp(P pi_t / beta): the population minimizer of the IPO loss on pairs
-  from pi_t (least squares of the labels, as for INPO); i.e. INPO with eta = 1/beta, tau = beta.
+  from pi_t (least squares of the labels, as for INPO); i.e. INPO with eta = tau = beta.
 * ``dpo``     iterative DPO (Dong et al. 2024): pi_{t+1} ∝ pi_ref exp(r_t / beta) with r_t the population
   minimizer of the DPO loss on pairs from pi_t with soft labels P, i.e. the Bradley-Terry fit of P
   weighted by pi_t(y) pi_t(y') (damped Newton; a 1e-9 ridge toward pi_t's implicit reward fixes the
   gauge and leaves actions the pairs never cover where pi_t had them).
-* ``mnpo``    pi_{t+1} ∝ pi_ref^{eta tau} prod_j pi_{t-j}^{(1-eta tau) lambda_j} exp(eta P pi_t)
+* ``mnpo``    pi_{t+1} ∝ pi_ref^{tau/eta} prod_j pi_{t-j}^{(1-tau/eta) lambda_j} exp(P pi_t / eta)
   (the population minimizer of :func:`inpo.losses.mnpo_loss` on pairs from pi_t; before n iterates
   exist the history is padded with pi_0). n = 1 is INPO exactly.
 * ``egpo``    extragradient (mirror-prox): pi_{t+1/2} = INPO step from pi_t with opponent pi_t, then
-  pi_{t+1} ∝ pi_t^{1-eta tau} pi_ref^{eta tau} exp(eta P pi_{t+1/2}).
-* ``nash-md`` pi_{t+1} ∝ mix_t exp(eta P mix_t), mix_t ∝ pi_t^{1-eta tau} pi_ref^{eta tau}
-  (Nash-MD, arXiv 2312.00886, Eq. 9, mixing coefficient eta tau). With a constant eta its fixed point,
-  ``pi ∝ pi_ref exp(P mix(pi) / tau)``, is not exactly the regularized NE (the paper decreases eta).
+  pi_{t+1} ∝ pi_t^{1-tau/eta} pi_ref^{tau/eta} exp(P pi_{t+1/2} / eta)  (EGPO's step size is 1/eta).
+* ``nash-md`` pi_{t+1} ∝ mix_t exp(P mix_t / eta), mix_t ∝ pi_t^{1-tau/eta} pi_ref^{tau/eta}
+  (Nash-MD, arXiv 2312.00886, Eq. 9, with its learning rate eta_M = 1/eta: mixing coefficient eta_M tau =
+  tau/eta). With a constant eta its fixed point, ``pi ∝ pi_ref exp(P mix(pi) / tau)``, is not exactly the
+  regularized NE (the paper decreases eta_M).
 
 **Sampled** (:func:`run_sampled`): the policy is a softmax table (``logits [X, A]``, requires_grad,
 float64) trained at every iteration for ``steps`` Adam steps, starting from pi_t's logits, on the *same*
@@ -33,9 +39,10 @@ response being ``log pi(action)``. Data per iteration and context:
 * nash-md: regression form. ``pairs`` pairs from the geometric mixture mix_t, Bernoulli labels,
   :func:`inpo.losses.inpo_loss` with anchor pi_t (its anchor term is exactly d(mix_t)), whose population
   minimizer is the Nash-MD update above. (The policy-gradient form, ``nash_md_loss``, is not used here.)
-* sppo: ``groups`` groups of K = ``k`` samples from pi_t; win rates P^(y_k > pi_t) = mean over the other
-  K-1 samples of the judge probability P(y_k > y_j); samples sorted by estimated win rate, the i-th
-  best paired with the i-th worst (all K used), :func:`inpo.losses.sppo_loss`.
+* sppo: ``groups`` groups of K = ``k`` samples from pi_t; win rates P^(y_k > pi_t) from the judge
+  probabilities P(y_k > y_j) by ``winrate_estimator`` (:func:`inpo.losses.win_rates`: ``with_self``, the
+  row sum including the self-comparison 1/2 over K as uclaml/SPPO, or ``leave_one_out``); samples sorted
+  by estimated win rate, the i-th best paired with the i-th worst (all K used), :func:`inpo.losses.sppo_loss`.
 * dpo: ``groups`` groups of K samples from pi_t; the judge scores each by its mean probability of beating
   the others (a pairwise judge's Borda score); best vs worst (groups where they are the same action
   are skipped), :func:`inpo.losses.dpo_loss` with the reference fixed at pi_ref.
@@ -56,6 +63,7 @@ from scipy.special import log_softmax
 from inpo import losses
 from inpo.games.matrices import to_numpy
 from inpo.games.metrics import duality_gap, regularized_duality_gap
+from inpo.losses import win_rates
 
 ALGORITHMS: tuple[str, ...] = ("inpo", "sppo", "dpo", "ipo", "mnpo", "egpo", "nash-md")
 
@@ -64,9 +72,11 @@ ALGORITHMS: tuple[str, ...] = ("inpo", "sppo", "dpo", "ipo", "mnpo", "egpo", "na
 class DynamicsConfig:
     """Hyperparameters shared by the games CLI, the exact and the sampled dynamics.
 
-    ``eta`` (step size) and ``tau`` (KL regularization) as in INPO; ``beta`` is DPO's / IPO's
-    coefficient (default: ``tau``, so IPO's fixed point is the same tau-regularized equilibrium);
-    ``mnpo_weights`` are MNPO's lambda_j for pi_t, pi_{t-1}, ...
+    ``eta`` and ``tau`` as in the INPO paper (``1/eta`` the learning rate, ``tau`` the KL regularization,
+    ``0 <= tau <= eta``), used by inpo, mnpo, egpo, nash-md; ``eta_schedule="theorem4"``: INPO with
+    eta_t = tau (t+2)/2 at iteration t = 1, 2, ... (pi_1 = pi_ref). ``sppo_eta``: SPPO's step (default
+    ``1/eta``). ``beta`` is DPO's / IPO's coefficient (default: ``tau``, so IPO's fixed point is the same
+    tau-regularized equilibrium); ``mnpo_weights`` are MNPO's lambda_j for pi_t, pi_{t-1}, ...
     Sampled only: ``pairs`` per context and iteration, ``k`` / ``groups`` (SPPO, DPO: groups of K
     samples per context), ``steps`` optimizer steps (``optimizer`` "sgd" or "adam") with learning
     rate ``lr`` per iteration. SGD is the default: the INPO/IPO/EGPO/MNPO losses are quadratic in
@@ -77,9 +87,12 @@ class DynamicsConfig:
     (as in practice).
     """
 
-    eta: float = 0.5
+    eta: float = 2.0
     tau: float = 0.05
     beta: float | None = None
+    sppo_eta: float | None = None
+    eta_schedule: str = "constant"
+    winrate_estimator: str = "with_self"
     mnpo_weights: tuple[float, ...] = (0.5, 0.3, 0.2)
     pairs: int = 256
     k: int = 8
@@ -89,9 +102,27 @@ class DynamicsConfig:
     optimizer: str = "sgd"
     dpo_lr: float = 0.05
 
+    def __post_init__(self) -> None:
+        eta_ok = self.tau <= self.eta or self.eta_schedule == "theorem4"  # theorem4: eta_t >= 1.5 tau, eta unused
+        if not (np.isfinite(self.eta) and self.eta > 0 and np.isfinite(self.tau) and self.tau >= 0 and eta_ok):
+            raise ValueError(f"need eta > 0 and 0 <= tau <= eta (INPO's eta: 1/eta is the step), got eta={self.eta}, "
+                             f"tau={self.tau}")
+        if self.eta_schedule not in ("constant", "theorem4"):
+            raise ValueError(f"eta_schedule must be 'constant' or 'theorem4', got {self.eta_schedule!r}")
+        if self.eta_schedule == "theorem4" and not self.tau > 0:
+            raise ValueError("eta_schedule='theorem4' needs tau > 0 (eta_t = tau (t+2)/2)")
+
     @property
     def dpo_beta(self) -> float:
         return self.tau if self.beta is None else self.beta
+
+    @property
+    def sppo_step(self) -> float:
+        return 1.0 / self.eta if self.sppo_eta is None else self.sppo_eta
+
+    def eta_at(self, t: int) -> float:
+        """INPO's eta at iteration t = 1, 2, ... (constant, or Theorem 4's tau (t+2)/2)."""
+        return self.tau * (t + 2) / 2.0 if self.eta_schedule == "theorem4" else self.eta
 
 
 @dataclass
@@ -122,9 +153,9 @@ def _Ppi(P: np.ndarray, logpi: np.ndarray) -> np.ndarray:
 
 
 def inpo_update(P: np.ndarray, logpi: np.ndarray, logref: np.ndarray, *, eta: float, tau: float) -> np.ndarray:
-    """INPO: ``log pi_{t+1} = (1-eta tau) log pi_t + eta tau log pi_ref + eta P pi_t`` (normalized)."""
-    r = eta * tau
-    return log_softmax((1.0 - r) * logpi + r * logref + eta * _Ppi(P, logpi), axis=-1)
+    """INPO (Eq. 11): ``log pi_{t+1} = (1 - tau/eta) log pi_t + (tau/eta) log pi_ref + P pi_t / eta`` (normalized)."""
+    r = tau / eta
+    return log_softmax((1.0 - r) * logpi + r * logref + _Ppi(P, logpi) / eta, axis=-1)
 
 
 def sppo_update(P: np.ndarray, logpi: np.ndarray, *, eta: float) -> np.ndarray:
@@ -141,31 +172,31 @@ def mnpo_update(
     P: np.ndarray, history: Sequence[np.ndarray], logref: np.ndarray, *, eta: float, tau: float,
     weights: Sequence[float],
 ) -> np.ndarray:
-    """MNPO: ``eta tau log pi_ref + (1-eta tau) sum_j lambda_j log pi_{t-j} + eta P pi_t``.
+    """MNPO: ``(tau/eta) log pi_ref + (1 - tau/eta) sum_j lambda_j log pi_{t-j} + P pi_t / eta``.
 
     ``history[0]`` is log pi_t, ``history[j]`` log pi_{t-j}; it must hold ``len(weights)`` iterates.
     """
     if len(history) != len(weights):
         raise ValueError(f"history has {len(history)} iterates, weights {len(weights)}")
-    r = eta * tau
+    r = tau / eta
     mixed = sum(w * h for w, h in zip(weights, history, strict=True))
-    return log_softmax((1.0 - r) * mixed + r * logref + eta * _Ppi(P, history[0]), axis=-1)
+    return log_softmax((1.0 - r) * mixed + r * logref + _Ppi(P, history[0]) / eta, axis=-1)
 
 
 def egpo_update(P: np.ndarray, logpi: np.ndarray, logref: np.ndarray, *, eta: float, tau: float) -> np.ndarray:
     """EGPO (extragradient): half step to pi_{t+1/2}, then the INPO step from pi_t against pi_{t+1/2}."""
     half = inpo_update(P, logpi, logref, eta=eta, tau=tau)
-    r = eta * tau
-    return log_softmax((1.0 - r) * logpi + r * logref + eta * _Ppi(P, half), axis=-1)
+    r = tau / eta
+    return log_softmax((1.0 - r) * logpi + r * logref + _Ppi(P, half) / eta, axis=-1)
 
 
 def nash_md_update(
     P: np.ndarray, logpi: np.ndarray, logref: np.ndarray, *, eta: float, tau: float
 ) -> np.ndarray:
-    """Nash-MD: ``log pi_{t+1} = log mix_t + eta P mix_t``, ``mix_t ∝ pi_t^{1-eta tau} pi_ref^{eta tau}``."""
-    r = eta * tau
+    """Nash-MD: ``log pi_{t+1} = log mix_t + P mix_t / eta``, ``mix_t ∝ pi_t^{1-tau/eta} pi_ref^{tau/eta}``."""
+    r = tau / eta
     logmix = log_softmax((1.0 - r) * logpi + r * logref, axis=-1)
-    return log_softmax(logmix + eta * _Ppi(P, logmix), axis=-1)
+    return log_softmax(logmix + _Ppi(P, logmix) / eta, axis=-1)
 
 
 def bt_fit(
@@ -252,9 +283,9 @@ def run_exact(
     traj.record(Q, np.exp(logpi), ref, cfg.tau)
     for t in range(1, iterations + 1):
         if algo == "inpo":
-            logpi = inpo_update(Q, logpi, logref, eta=cfg.eta, tau=cfg.tau)
+            logpi = inpo_update(Q, logpi, logref, eta=cfg.eta_at(t), tau=cfg.tau)
         elif algo == "sppo":
-            logpi = sppo_update(Q, logpi, eta=cfg.eta)
+            logpi = sppo_update(Q, logpi, eta=cfg.sppo_step)
         elif algo == "ipo":
             logpi = ipo_update(Q, logpi, logref, beta=cfg.dpo_beta)
         elif algo == "dpo":
@@ -334,15 +365,15 @@ def _train(
 
 def _sampled_step(
     algo: str, S: _Sampler, theta: torch.Tensor, logref: torch.Tensor, hist: list[torch.Tensor],
-    cfg: DynamicsConfig,
+    cfg: DynamicsConfig, t: int = 1,
 ) -> torch.Tensor:
-    """One iteration of the sampled version of ``algo``; returns the new logits."""
-    eta, tau = cfg.eta, cfg.tau
+    """One iteration (number ``t``) of the sampled version of ``algo``; returns the new logits."""
+    eta, tau = (cfg.eta_at(t) if algo == "inpo" else cfg.eta), cfg.tau
     prev = torch.log_softmax(theta, -1)
     if algo in ("inpo", "ipo", "nash-md", "mnpo"):
         src = theta
         if algo == "nash-md":  # regression form: pairs from the geometric mixture, anchor pi_t
-            src = (1.0 - eta * tau) * prev + eta * tau * logref
+            src = (1.0 - tau / eta) * prev + (tau / eta) * logref
         c, r = S.labelled_pairs(src, cfg.pairs)
         rc, rr = _gather(logref, c), _gather(logref, r)
         pc, pr = _gather(prev, c), _gather(prev, r)
@@ -377,7 +408,7 @@ def _sampled_step(
     y = S.draw(theta, G * K).reshape(X, G, K)
     M = S.prob(y[..., :, None].expand(X, G, K, K), y[..., None, :].expand(X, G, K, K))  # [X,G,K,K]
     S.comparisons -= X * G * K  # the diagonal (a response against itself) is not a judge call
-    score = (M.sum(-1) - 0.5) / (K - 1)  # mean P(y_k > y_j) over j != k
+    score = win_rates(M, cfg.winrate_estimator)  # P^(y_k > pi_t); the same order under either estimator
     order = torch.argsort(score, dim=-1, descending=True)
     ys = torch.gather(y, -1, order)
     ws = torch.gather(score, -1, order)
@@ -388,7 +419,7 @@ def _sampled_step(
         pc, pr = _gather(prev, c), _gather(prev, r)
 
         def fn(lp: torch.Tensor) -> torch.Tensor:
-            return losses.sppo_loss(_gather(lp, c), _gather(lp, r), pc, pr, wc, wr, eta=eta)
+            return losses.sppo_loss(_gather(lp, c), _gather(lp, r), pc, pr, wc, wr, eta=cfg.sppo_step)
         return _train(theta, fn, cfg)
     # dpo: best vs worst of each group, reference fixed at pi_ref
     c, r = ys[..., 0], ys[..., -1]
@@ -424,7 +455,7 @@ def run_sampled(
     torch.set_num_threads(1)  # tiny tensors: extra threads only add contention
     try:
         for t in range(1, iterations + 1):
-            theta = _sampled_step(algo, S, theta, logref, hist, cfg)
+            theta = _sampled_step(algo, S, theta, logref, hist, cfg, t)
             hist = [torch.log_softmax(theta, -1), *hist[:-1]]
             if t % record_every == 0 or t == iterations:
                 traj.record(Q, torch.softmax(theta, -1).numpy(), ref, cfg.tau)

@@ -204,3 +204,37 @@ def validate_game(P: Any, name: str = "P", *, atol: float = 1e-6) -> np.ndarray:
             f"P[i,j] + P[j,i] = {Q[x, i, j] + Q[x, j, i]:.6g})"
         )
     return Q
+
+
+def check_game(P: Any, name: str = "P") -> np.ndarray:
+    """A preference game as float64 ``[X, A, A]``, or an :class:`InpoError` naming what is wrong: not square,
+    NaN/inf, outside [0, 1], ``P + P^T != 1`` (not a preference matrix), or a payoff-form matrix
+    (``P = -P^T``, e.g. ``P - 1/2`` or a +-1 rock-paper-scissors payoff)."""
+    try:
+        Q = to_numpy(P)
+    except (TypeError, ValueError) as e:
+        raise InpoError(f"{name}: not a numeric array ({e})") from None
+    R = Q[None] if Q.ndim == 2 else Q
+    if (R.ndim == 3 and R.shape[-1] == R.shape[-2] and R.size and np.all(np.isfinite(R))
+            and np.abs(R).max() > 0 and np.abs(R + np.swapaxes(R, -1, -2)).max() <= 1e-9 * np.abs(R).max()):
+        raise InpoError(f"{name}: looks like a payoff matrix (P = -P^T); a preference matrix has P + P^T = 1 and "
+                        "P[i, i] = 1/2: pass P + 1/2 for P - 1/2, or (P + 1)/2 for a +-1 payoff")
+    return validate_game(Q, name)
+
+
+def check_policy(pi: Any, A: int, name: str = "pi", *, atol: float = 1e-6) -> np.ndarray:
+    """A policy ``[A]`` or ``[X, A]`` on the simplex (finite, >= 0, rows summing to 1 within ``atol``) as float64,
+    or an :class:`InpoError` naming ``name`` and what is wrong."""
+    p = to_numpy(pi)
+    if p.ndim not in (1, 2) or p.shape[-1] != A:
+        raise InpoError(f"{name}: expected shape [{A}] or [X, {A}] for a game with {A} actions, got {list(p.shape)}")
+    if not np.all(np.isfinite(p)):
+        raise InpoError(f"{name}: contains NaN or inf")
+    if p.min() < -atol:
+        raise InpoError(f"{name}: probabilities must be >= 0, found {p.min():.4g}")
+    sums = p.sum(-1)
+    bad = np.abs(sums - 1.0) > atol
+    if np.any(bad):
+        v = float(np.atleast_1d(sums)[np.atleast_1d(bad)][0])
+        raise InpoError(f"{name}: a policy must sum to 1, found a row summing to {v:.6g}")
+    return p

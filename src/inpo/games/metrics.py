@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from scipy.special import logsumexp
 
-from inpo.games.matrices import to_numpy
+from inpo.games.matrices import check_policy, to_numpy
 
 
 def _prep(P: Any, *pis: Any) -> tuple[np.ndarray, list[np.ndarray], bool]:
@@ -64,7 +64,10 @@ def _PTpi(Q: np.ndarray, pi: np.ndarray) -> np.ndarray:
 
 
 def duality_gap(P: Any, pi: Any) -> Any:
-    """``max_{pi'} P(pi' > pi) - min_{pi'} P(pi > pi')`` (0 exactly at a Nash equilibrium)."""
+    """``max_{pi'} P(pi' > pi) - min_{pi'} P(pi > pi')`` (0 exactly at a Nash equilibrium). ``pi`` must be a
+    policy (finite, >= 0, rows summing to 1 within 1e-6): otherwise :class:`~inpo.errors.InpoError` (e.g. pi = 0
+    or 2 x uniform, whose "gap" would read 0)."""
+    check_policy(pi, to_numpy(P).shape[-1])
     Q, (p,), scalar = _prep(P, pi)
     return _ret(_Ppi(Q, p).max(-1) - _PTpi(Q, p).min(-1), scalar, P, pi)
 

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from scipy.optimize import linprog
 
-from inpo.games.matrices import to_numpy
+from inpo.errors import InpoError
+from inpo.games.matrices import check_game, to_numpy
 
 
 def _like(v: np.ndarray, *inputs: Any) -> Any:
@@ -41,9 +42,21 @@ def _solve_lp(P: np.ndarray) -> tuple[np.ndarray, float]:
     """``max_pi min_j (P^T pi)_j`` in the normalized form ``min 1^T u  s.t.  P^T u >= 1, u >= 0``,
     ``pi = u / 1^T u``, value ``1 / 1^T u``: valid because P >= 0 and the value is positive (1/2; the
     diagonal 1/2 makes it feasible). Measured ~1.8x faster in HiGHS than the form with a free value
-    variable and an equality constraint (500x500: 0.63 s vs 1.11 s CPU)."""
+    variable and an equality constraint (500x500: 0.63 s vs 1.11 s CPU).
+
+    The LP is solved on the rescaled game ``1/2 + (P - 1/2) / (2 max|P - 1/2|)``, which has the same equilibria
+    (a positive rescaling of the payoff ``P - 1/2``) but margins of order 1: HiGHS' absolute tolerances
+    (~1e-7) would otherwise decide games whose preferences all lie within ~1e-7 of 1/2 (it returned the losing
+    action there). A game with P = 1/2 everywhere: every policy is an equilibrium, the uniform one is returned.
+    The value is reported on the original P."""
     A = P.shape[0]
-    res = linprog(np.ones(A), A_ub=-P.T, b_ub=-np.ones(A), bounds=[(0.0, None)] * A, method="highs")
+    S = P - 0.5
+    m = np.abs(S).max()
+    if m == 0:
+        pi = np.full(A, 1.0 / A)
+        return pi, float((P.T @ pi).min())
+    Ps = 0.5 + S / (2.0 * m)
+    res = linprog(np.ones(A), A_ub=-Ps.T, b_ub=-np.ones(A), bounds=[(0.0, None)] * A, method="highs")
     if res.status != 0:
         raise RuntimeError(f"LP solve failed: {res.message}")
     pi = np.clip(res.x, 0.0, None)
@@ -57,13 +70,14 @@ def solve_nash(P: Any) -> tuple[Any, Any]:
     For a 2-D ``P[i, j] = P(y_i > y_j)``: ``pi`` of shape [A] and the float ``value = min_j (P^T pi)_j``
     (1/2 up to the LP tolerance, ~1e-9 or better). For a batched ``P[x, i, j]``: ``pi`` [X, A] and
     ``value`` [X] (one LP per context). Torch input gives torch float64 output.
+
+    Invalid P (:func:`check_game`: not square, NaN, entries outside [0, 1], ``P + P^T != 1``, a payoff-form
+    matrix) raises :class:`~inpo.errors.InpoError` with one line saying which.
     """
-    Q = to_numpy(P)
-    if Q.ndim == 2:
-        pi, v = _solve_lp(Q)
+    Q = check_game(P)
+    if to_numpy(P).ndim == 2:
+        pi, v = _solve_lp(Q[0])
         return _like(pi, P), v
-    if Q.ndim != 3:
-        raise ValueError(f"P must be [A, A] or [X, A, A], got shape {Q.shape}")
     sols = [_solve_lp(q) for q in Q]
     pis = np.stack([s[0] for s in sols])
     vals = np.array([s[1] for s in sols])
@@ -105,12 +119,24 @@ def solve_regularized(
     """The KL-regularized equilibrium ``pi = softmax(log pi_ref + P pi / tau)`` by damped Newton.
 
     ``P`` [A, A] or [X, A, A], ``pi_ref`` [A] or [X, A] (zeros allowed: those actions get 0). Returns
-    pi of shape [A] or [X, A] with residual ``max |pi - T(pi)| <= tol``; raises RuntimeError if the
-    residual is still above 1e-9 after ``max_iter`` Newton steps. See the module docstring for the
-    convergence argument.
+    pi of shape [A] or [X, A] with residual ``max |pi - T(pi)| <= tol`` where reachable in float64; raises
+    RuntimeError if the residual is still above 1e-9 after ``max_iter`` Newton steps. See the module
+    docstring for the convergence argument. Invalid input raises :class:`~inpo.errors.InpoError` (one line):
+    P as in :func:`check_game`, a NaN / negative / all-zero pi_ref, tau not a finite number > 0.
     """
-    if tau <= 0:
-        raise ValueError("tau must be > 0 (use solve_nash for tau = 0)")
+    if not (isinstance(tau, int | float) and np.isfinite(tau) and tau > 0):
+        raise InpoError(f"tau must be a finite number > 0, got {tau} (use solve_nash for tau = 0)")
+    check_game(P)
+    ref = to_numpy(pi_ref)
+    A = to_numpy(P).shape[-1]
+    if ref.ndim not in (1, 2) or ref.shape[-1] != A:
+        raise InpoError(f"pi_ref: expected shape [{A}] or [X, {A}], got {list(ref.shape)}")
+    if not np.all(np.isfinite(ref)):
+        raise InpoError("pi_ref: contains NaN or inf")
+    if ref.min() < 0:
+        raise InpoError(f"pi_ref: probabilities must be >= 0, found {ref.min():.4g}")
+    if np.any(ref.sum(-1) <= 0):
+        raise InpoError("pi_ref: a row is all zeros (no action has positive probability)")
     Q, r, scalar = _broadcast(P, pi_ref)
     with np.errstate(divide="ignore"):
         logr = np.log(r)
@@ -147,8 +173,16 @@ def solve_regularized(
                 break
             t[todo] *= 0.5
         pi[idx], F[idx], norm[idx] = new_p, new_f, new_n
-    pi = _T(Q, logr, pi, tau)  # exactly on the simplex; ||pi - old|| = ||F|| <= tol
-    res = np.abs(pi - _T(Q, logr, pi, tau)).max(-1)
+    # Back on the simplex. Not by returning T(pi): T is ~1/tau-Lipschitz, so T(pi) has residual up to ||F|| / tau
+    # (1e-9 at tau = 1e-4 from a Newton iterate at 1e-13). Renormalizing pi barely moves P pi / tau (at the
+    # equilibrium P pi is constant on the support), so keep whichever of the two has the smaller residual.
+    proj = np.clip(pi, 0.0, None)
+    proj /= proj.sum(-1, keepdims=True)
+    cands = [proj, _T(Q, logr, pi, tau)]
+    resid = [np.abs(c - _T(Q, logr, c, tau)).max(-1) for c in cands]
+    pick = resid[1] < resid[0]
+    pi = np.where(pick[:, None], cands[1], cands[0])
+    res = np.where(pick, resid[1], resid[0])
     if res.max() > 1e-9:
         raise RuntimeError(f"regularized solver did not converge: residual {res.max():.3g} (tau={tau})")
     return _like(pi[0] if scalar else pi, P, pi_ref)

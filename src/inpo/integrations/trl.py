@@ -5,10 +5,11 @@ tokenization, the collator, PEFT, reference handling, ``precompute_ref_log_probs
 One INPO iteration t in TRL terms (Zhang et al. 2024, arXiv 2407.00617, Algorithm 1)::
 
     trainer = NashDPOTrainer(model=pi_t, ref_model=pi_ref, args=DPOConfig(...), train_dataset=pairs_t,
-                             processing_class=tokenizer, loss="inpo", eta=4.0, tau=0.05)
+                             processing_class=tokenizer, loss="inpo", eta=0.25, tau=0.05)
     trainer.train()            # -> pi_{t+1}; then sample and judge new pairs from it and repeat
 
-* ``loss="inpo"``: :func:`inpo.losses.inpo_loss`, ``(d(pi) - eta*tau d(pi_ref) - (1-eta*tau) d(pi_t) - eta/2)^2``.
+* ``loss="inpo"``: :func:`inpo.losses.inpo_loss`, ``(d(pi) - (tau/eta) d(pi_ref) - (1-tau/eta) d(pi_t) - 1/(2 eta))^2``
+  with the INPO paper's eta and tau.
   The anchor pi_t is the policy *as passed in* (before any step): its sequence log-probs are computed once at
   construction, exactly like TRL's ``precompute_ref_log_probs``, and stored in the dataset columns
   ``prev_chosen_logps`` / ``prev_rejected_logps`` (a dataset that already has them is used as is, e.g. when
@@ -62,11 +63,11 @@ class NashDPOTrainer(DPOTrainer):
     """``trl.DPOTrainer`` optimizing :func:`inpo.losses.inpo_loss` (``loss="inpo"``) or
     :func:`inpo.losses.ipo_loss` (``loss="ipo"``); see the module docstring.
 
-    Args (besides DPOTrainer's): ``loss``; ``eta``, ``tau`` (INPO step size and KL regularization,
-    ``eta*tau <= 1``; public code's ``beta = 1/eta``); ``ipo_average_tokens`` (IPO only).
+    Args (besides DPOTrainer's): ``loss``; ``eta``, ``tau`` (the INPO paper's: 1/eta is the OMD learning rate,
+    tau the KL regularization, ``0 <= tau <= eta``); ``ipo_average_tokens`` (IPO only; lengths clamped at 1).
     """
 
-    def __init__(self, *args: Any, loss: str = "inpo", eta: float = 4.0, tau: float = 0.05,
+    def __init__(self, *args: Any, loss: str = "inpo", eta: float = 0.25, tau: float = 0.05,
                  ipo_average_tokens: bool = False, **kwargs: Any) -> None:
         if loss not in ("inpo", "ipo"):
             raise ValueError(f"loss must be 'inpo' or 'ipo', got {loss!r}")
