@@ -167,3 +167,35 @@ def test_export_pairs_trl_matches_the_run(tiny_run: Path, tmp_path: Path) -> Non
 def test_export_errors(tmp_path: Path) -> None:
     with pytest.raises(InpoError, match="not a run directory"):
         export_pairs_trl(tmp_path, tmp_path / "o.jsonl")
+
+
+def test_export_skips_identical_responses_and_duplicate_rows(tiny_run: Path, tmp_path: Path) -> None:
+    """Prompt 0's samples made (A, A, B) with a judge matrix that prefers sample 0 to its identical twin 1: the
+    pair (0, 1) has chosen == rejected (skipped) and (1 > 2) repeats the row (0 > 2) (skipped)."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    samples = torch.load(run / "stages/iter_1/s0_samples.pt", weights_only=True)
+    m = torch.load(run / "stages/iter_1/s0_judgements.pt", weights_only=True)
+    k = m.shape[1]
+    assert k == 3
+    other = next(s for s in samples if s != samples[0])
+    samples[1], samples[2] = list(samples[0]), list(other)
+    m[0] = torch.tensor([[0.5, 0.9, 0.8], [0.1, 0.5, 0.8], [0.2, 0.2, 0.5]], dtype=m.dtype)
+    torch.save(samples, run / "stages/iter_1/s0_samples.pt")
+    torch.save(m, run / "stages/iter_1/s0_judgements.pt")
+    out = tmp_path / "pairs.jsonl"
+    n = export_pairs_trl(run, out)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert n == len(rows)
+    keys = [(r["prompt"], r["chosen"], r["rejected"]) for r in rows]
+    assert len(set(keys)) == len(keys) and all(r["chosen"] != r["rejected"] for r in rows)
+    from inpo.algorithms import build_pairs
+
+    pairs = build_pairs(m, "all")  # every ordered pair, weighted by P(chosen > rejected)
+    first = [(c, r) for c, r in zip(pairs.chosen.tolist(), pairs.rejected.tolist(), strict=True) if c < k]
+    assert sorted(first) == [(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1)]  # the loop's pairs of prompt 0 ...
+    # ... exported: A > B and B > A once each ((0, 1), (1, 0): identical; (1, 2), (2, 1): repeats)
+    assert sum(1 for r in rows if r["prompt"] == rows[0]["prompt"]) == 2
+    assert len(rows) == len(pairs) - 4

@@ -32,6 +32,9 @@ ALGOS = "inpo|dpo|ipo|sppo|mnpo|egpo|nash-md"
 @app.command()
 def train(
     config: Path | None = typer.Argument(None, help="YAML config; omitted = the built-in task with INPO."),
+    task: str | None = typer.Option(
+        None, "--task", help="A built-in task's shipped config instead of a file: 'annotators' (SmolLM2-135M-Instruct, "
+        "LoRA, 336 shipped prompts, an oracle of three rule-based annotators whose majority is cyclic)."),
     algo: str | None = typer.Option(None, "--algo", help=f"Algorithm: {ALGOS}."),
     iterations: int | None = typer.Option(None, "--iterations", "-T", help="Number of iterations T."),
     output_dir: str | None = typer.Option(
@@ -50,6 +53,14 @@ def train(
     from inpo.config import load_config, parse_overrides, resolve_output_dir
 
     overrides = parse_overrides(set_)
+    if task is not None:
+        if config is not None or resume is not None:
+            raise InpoError("give one of a config file, --task or --resume")
+        if task != "annotators":
+            raise InpoError(f"--task {task!r}: unknown task (known: annotators; the toy task: no --task)")
+        from inpo.tasks.annotators import CONFIG_FILE
+
+        config = CONFIG_FILE
     if resume is not None:
         if config is not None:
             raise InpoError("give either a config file or --resume RUN_DIR, not both")
@@ -88,7 +99,15 @@ def eval_(
     seed: int = typer.Option(0, "--seed", help="Sampling seed of the evaluated outputs."),
     lc_ci: int = typer.Option(0, "--lc-ci", help="Bootstrap resamples for a 95% CI of the LC win rate (0: none)."),
     plot: Path | None = typer.Option(None, "--plot", help="With --reference: win rate vs iteration, PNG."),
-    baseline: Path | None = typer.Option(None, "--baseline", help="Baseline model directory (default: pi_ref)."),
+    baseline: Path | None = typer.Option(
+        None, "--baseline", help="Baseline: another iterate of the run (RUN/iter_<t>, LoRA or full) or a model "
+        "directory (default: pi_ref)."),
+    num_prompts: int | None = typer.Option(
+        None, "--num-prompts", min=1, help="Evaluation prompts (default: the run's data.num_eval_prompts)."),
+    samples: int = typer.Option(1, "--samples", min=1, help="Responses per prompt in the win rate vs the baseline "
+                                "(each against one baseline response; a prompt's score is their mean)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a field of the run's config for this evaluation: "
+                                   "--set sampling.max_new_tokens=64 (repeatable)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON (one object per evaluated iterate)."),
 ) -> None:
     """Evaluate iterates: without --reference/--outputs, the win rate against pi_ref's samples (both orders, ties
@@ -106,7 +125,8 @@ def eval_(
             raise InpoError("--plot and --lc-ci need --reference")
         if len(runs) != 1:
             raise InpoError("several runs are compared against --reference outputs")
-        metrics = _eval_vs_pi_ref(runs[0], iteration, judge, baseline, console)
+        metrics = _eval_vs_pi_ref(runs[0], iteration, judge, baseline, console, num_prompts=num_prompts,
+                                  samples=samples, sets=set_)
         if json_out:
             print(json.dumps(metrics))
             return
@@ -120,6 +140,9 @@ def eval_(
     if baseline is not None:
         raise InpoError("--baseline is for the win rate vs sampled baseline responses; with --reference the "
                         "reference is the outputs file")
+    if num_prompts is not None or samples != 1 or set_:
+        raise InpoError("--num-prompts, --samples and --set are for the win rate vs pi_ref / --baseline (not with "
+                        "--reference / --outputs)")
     if plot is not None and reference is None:
         raise InpoError("--plot needs --reference")
     from inpo.battles import plot_win_rates
@@ -155,16 +178,21 @@ def eval_(
 
 
 def _eval_vs_pi_ref(run_dir: Path, iteration: str | None, judge: str | None, baseline: Path | None,
-                    console: Console) -> dict:
-    from inpo.config import load_config
+                    console: Console, *, num_prompts: int | None = None, samples: int = 1,
+                    sets: list[str] | None = None) -> dict:
+    from inpo.config import _merge, load_config, parse_overrides
     from inpo.evaluate import evaluate_policy
-    from inpo.models import build_setup, load_causal_lm, load_policy
+    from inpo.models import build_setup, load_baseline, load_policy
     from inpo.rundir import RunDir
 
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise InpoError(f"{run_dir}: not a run directory (no config.yaml)")
-    overrides = {"judge": {"path": judge}} if judge is not None else {}
+    overrides = parse_overrides(sets or [])
+    if judge is not None:
+        overrides = _merge(overrides, {"judge": {"path": judge}})
+    if num_prompts is not None:
+        overrides = _merge(overrides, {"data": {"num_eval_prompts": num_prompts}})
     cfg = load_config(cfg_path, overrides)
     rundir = RunDir(run_dir)
     if iteration is not None and not iteration.isdigit():
@@ -174,9 +202,10 @@ def _eval_vs_pi_ref(run_dir: Path, iteration: str | None, judge: str | None, bas
         raise InpoError(f"{run_dir}: no checkpoint iter_{t}")
     setup = build_setup(cfg, console, progress=False)
     if baseline is not None:
-        setup.ref = load_causal_lm(baseline, trust_remote_code=cfg.model.trust_remote_code).eval()
+        setup.ref = load_baseline(baseline, cfg, setup.ref_path)
     policy = load_policy(rundir.iter_dir(t), cfg, setup.ref_path).eval()
-    return {"iteration": t, **evaluate_policy(setup, policy, cfg, rundir, t, cache_baseline=baseline is None)}
+    return {"iteration": t, **evaluate_policy(setup, policy, cfg, rundir, t, samples=samples,
+                                              cache_baseline=baseline is None and not sets)}
 
 
 def _register_subcommands() -> None:

@@ -59,7 +59,11 @@ class PeftConfig(_Frozen):
 
 
 class DataConfig(_Frozen):
-    """Prompts: JSONL / JSON / parquet file or a `datasets.load_dataset` name; ``None`` = built-in task."""
+    """Prompts: JSONL / JSON / parquet file or a `datasets.load_dataset` name; ``None`` = built-in task.
+
+    ``chat_template``: how a plain-string prompt reaches the model: ``auto`` renders it as one user turn with the
+    tokenizer's chat template (and a generation prompt) when the tokenizer has one, ``always`` requires a
+    template, ``never`` feeds the text as is. The judge sees the prompt's text as written either way."""
 
     prompts: str | None = None
     split: str = "train"
@@ -68,12 +72,15 @@ class DataConfig(_Frozen):
     num_eval_prompts: int = Field(default=64, gt=0)
     max_prompt_length: int = Field(default=512, gt=0)
     too_long: Literal["skip", "error"] = "skip"
+    chat_template: Literal["auto", "always", "never"] = "auto"
 
 
 class SamplingConfig(_Frozen):
     num_samples: int = Field(default=4, ge=2, description="K responses per prompt")
     temperature: float = 1.0
     top_p: float = Field(default=1.0, gt=0, le=1)
+    top_k: int = Field(default=0, ge=0, description="0: no top-k filtering")
+    stop: tuple[str, ...] = Field(default=(), description="stop strings (besides EOS and end-of-turn tokens)")
     max_new_tokens: int = Field(default=8, gt=0)
     batch_size: int = Field(default=256, gt=0, description="prompts per generate call")
     backend: Literal["transformers", "vllm"] = "transformers"
@@ -224,8 +231,13 @@ class TrainConfig(_Frozen):
 
 class TaskConfig(_Frozen):
     """The built-in task (used when ``model.path`` is None). ``options`` are fields of
-    ``inpo.tasks.BuiltinTaskConfig`` (e.g. ``n_train_prompts``, ``sft_steps``)."""
+    ``inpo.tasks.BuiltinTaskConfig`` (e.g. ``n_train_prompts``, ``sft_steps``).
 
+    ``name: annotators``: the real-text task of :mod:`inpo.tasks.annotators` (SmolLM2 unless ``model.path`` is
+    set, its shipped prompts unless ``data.prompts`` is set, its annotator oracle as ``judge.path: builtin``);
+    ``options``: ``mode`` (sampled | majority), ``annotators``."""
+
+    name: Literal["builtin", "annotators"] = "builtin"
     seed: int = 0
     sft_cache: str = "runs/.cache"
     options: dict[str, Any] = Field(default_factory=dict)
@@ -271,10 +283,10 @@ class RunConfig(_Frozen):
         if self.sampling.backend == "vllm" and self.algo.name == "nash-md":
             raise ValueError("sampling.backend=vllm does not support nash-md (it samples from the token-level "
                              "mixture of pi_t and pi_ref, two models per token); use backend=transformers")
-        if self.model.path is not None and self.data.prompts is None:
+        if self.model.path is not None and self.data.prompts is None and self.task.name == "builtin":
             raise ValueError("data.prompts is required when model.path is set (the built-in prompts fit only "
                              "the built-in model)")
-        if self.model.path is not None and self.judge.path == "builtin":
+        if self.model.path is not None and self.judge.path == "builtin" and self.task.name == "builtin":
             raise ValueError("judge.path is required when model.path is set ('builtin' is the task's judge)")
         return self
 
@@ -290,6 +302,34 @@ def resolve_output_dir(cfg: RunConfig) -> RunConfig:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise InpoError("output_dir: set it (config or -o) for multi-process runs")
     return cfg.model_copy(update={"output_dir": f"runs/{cfg.algo.name}-{time.strftime('%Y%m%d-%H%M%S')}"})
+
+
+def with_absolute_paths(cfg: RunConfig, base: str | Path | None = None) -> tuple[RunConfig, dict[str, str]]:
+    """The config with its relative file paths made absolute (against ``base``, default the working directory), so
+    a run directory works from any directory (``inpo eval``, ``inpo data export``), and ``{field: text as given}``
+    of the paths changed. Paths: ``model.path``, ``data.prompts`` / ``data.eval_prompts`` (when they name an
+    existing file: else a ``datasets`` name), ``judge.path`` (unless ``builtin``) and ``task.sft_cache``."""
+    root = Path(base) if base is not None else Path.cwd()
+    given: dict[str, str] = {}
+    data = cfg.model_dump()
+
+    def fix(section: str, key: str, must_exist: bool) -> None:
+        value = data[section][key]
+        if value is None or (section == "judge" and value == "builtin"):
+            return
+        p = Path(value).expanduser()
+        if p.is_absolute() or (must_exist and not (root / p).exists()):
+            if p.is_absolute() and str(p) != value:
+                given[f"{section}.{key}"], data[section][key] = value, str(p)
+            return
+        given[f"{section}.{key}"], data[section][key] = value, str((root / p).resolve())
+
+    fix("model", "path", False)
+    fix("data", "prompts", True)
+    fix("data", "eval_prompts", True)
+    fix("judge", "path", False)
+    fix("task", "sft_cache", False)
+    return (RunConfig.model_validate(data) if given else cfg), given
 
 
 def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:

@@ -2,7 +2,11 @@
 
 A row holds either ``prompt`` (a string, or TRL's conversational form: a list of chat messages) or
 ``messages`` (chat messages ``{"role": ..., "content": ...}``), rendered with the tokenizer's chat
-template and a generation prompt. Every error names the file, the row (1-based) and the field.
+template and a generation prompt. A string prompt is rendered as one user turn when the tokenizer has a chat
+template (``chat_template="auto"``, the default; ``always`` requires one, ``never`` feeds the text as is).
+The judge sees the text as written (:attr:`Prompt.text`), never the rendered template: a string prompt's text,
+a conversation of one user message its content, a longer conversation its rendered template. Every error
+names the file, the row (1-based) and the field.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ ROLES = {"system", "user", "assistant", "tool"}
 
 @dataclass(frozen=True)
 class Prompt:
-    text: str  # what the judge sees (chat prompts: the rendered template)
-    ids: list[int]
+    text: str  # what the judge sees: the prompt as written (see the module docstring)
+    ids: list[int]  # what the model sees: the rendered prompt's tokens
 
 
 def _read_utf8(path: Path, source: str) -> str:
@@ -83,8 +87,28 @@ def _check_messages(messages: Any, where: str) -> list[dict[str, str]]:
     return messages
 
 
-def prompt_text(row: dict[str, Any], where: str, tokenizer: Any) -> tuple[str, bool]:
-    """(text, is_chat) of one row."""
+def renders_chat(tokenizer: Any, chat_template: str = "auto", where: str = "data.chat_template") -> bool:
+    """Whether string prompts are rendered with the tokenizer's chat template (``auto``: when it has one)."""
+    has = getattr(tokenizer, "chat_template", None) is not None
+    if chat_template == "always" and not has:
+        raise InpoError(f"{where}=always but the tokenizer has no chat template")
+    return has and chat_template != "never"
+
+
+def judge_text(row: dict[str, Any], where: str, tokenizer: Any) -> str:
+    """The prompt as the judge sees it: a string prompt as written, a conversation of one user message its content,
+    another conversation its rendered template (:func:`prompt_text`)."""
+    value = row.get("prompt", row.get("messages"))
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict) and value[0].get("role") == "user":
+        content = value[0].get("content")
+        if isinstance(content, str):
+            return content
+    return prompt_text(row, where, tokenizer)[0]
+
+
+def prompt_text(row: dict[str, Any], where: str, tokenizer: Any, chat_template: str = "never") -> tuple[str, bool]:
+    """(text, is_chat) of one row: the text the model is fed and whether it is a rendered chat template (a string
+    prompt is rendered as one user turn when :func:`renders_chat` says so)."""
     if "prompt" in row and "messages" in row:
         raise InpoError(f"{where}: give either 'prompt' or 'messages', not both")
     value = row.get("prompt", row.get("messages"))
@@ -96,6 +120,9 @@ def prompt_text(row: dict[str, Any], where: str, tokenizer: Any) -> tuple[str, b
             raise InpoError(f"{where}: field 'messages' must be a list of chat messages")
         if not value.strip():
             raise InpoError(f"{where}: field 'prompt' is empty")
+        if renders_chat(tokenizer, chat_template):
+            return tokenizer.apply_chat_template([{"role": "user", "content": value}], tokenize=False,
+                                                 add_generation_prompt=True), True
         return value, False
     messages = _check_messages(value, f"{where}: field '{field}'")
     if getattr(tokenizer, "chat_template", None) is None:
@@ -116,10 +143,10 @@ def row_format(row: dict[str, Any]) -> str:
 
 def load_prompts(
     source: str, tokenizer: Any, *, split: str = "train", max_length: int = 512, too_long: str = "skip",
-    limit: int | None = None, max_length_name: str = "data.max_prompt_length",
+    limit: int | None = None, max_length_name: str = "data.max_prompt_length", chat_template: str = "never",
 ) -> tuple[list[Prompt], int]:
     """Prompts tokenized for generation, and the number skipped for exceeding ``max_length`` tokens
-    (``max_length_name``: what the limit is called in messages)."""
+    (``max_length_name``: what the limit is called in messages; ``chat_template``: see :func:`renders_chat`)."""
     rows = read_rows(source, split)
     if not rows:
         raise InpoError(f"{source}: no rows")
@@ -137,14 +164,14 @@ def load_prompts(
                     _check_messages(value, f"{where}: field '{'prompt' if 'prompt' in row else 'messages'}'")
                 raise InpoError(f"{where}: {kind[0]} {kind[1]} row in a {kind0[0]} {kind0[1]} file (row 1's format); "
                                 "a file must use one format throughout (see `inpo data check`)")
-        text, is_chat = prompt_text(row, where, tokenizer)
+        text, is_chat = prompt_text(row, where, tokenizer, chat_template)
         ids = tokenizer(text, add_special_tokens=not is_chat).input_ids
         if len(ids) > max_length:
             if too_long == "error":
                 raise InpoError(f"{where}: prompt has {len(ids)} tokens > {max_length_name}={max_length}")
             skipped += 1
             continue
-        out.append(Prompt(text, list(ids)))
+        out.append(Prompt(judge_text(row, where, tokenizer) if is_chat else text, list(ids)))
         if limit is not None and len(out) >= limit:
             break
     if not out:

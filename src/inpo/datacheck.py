@@ -54,6 +54,7 @@ class DataReport:
     duplicates: int = 0
     chosen_equals_rejected: int = 0
     extra_columns: list[str] = field(default_factory=list)
+    prompt_rendering: str | None = None  # how `inpo train` feeds the prompts to the model (data.chat_template)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -154,15 +155,45 @@ def check_dataset(path: str | Path) -> DataReport:
     return DataReport(str(path), len(rows), fmt0, style0, implicit, dict(empty), dup, same, sorted(extra))
 
 
+def prompt_rendering(style: str, chat_template: str = "auto", model: str | None = None) -> str:
+    """One line: how ``inpo train`` feeds a file's prompts to the model under ``data.chat_template`` (and the
+    tokenizer of ``model``, a model directory or ``.gguf`` file, when given)."""
+    if style == "conversational":
+        return "chat messages: rendered with the model's chat template (a generation prompt added)"
+    if model is None:
+        how = {"auto": "rendered as one user turn with the model's chat template when it has one, else as is",
+               "always": "rendered as one user turn with the model's chat template (required)",
+               "never": "fed as is (no chat template)"}[chat_template]
+        return f"string prompts: {how} (data.chat_template={chat_template}; --model tells which)"
+    from inpo.config import ModelConfig
+    from inpo.data import renders_chat
+    from inpo.models import load_tokenizer, resolve_model_dir
+
+    tok = load_tokenizer(resolve_model_dir(ModelConfig(path=model)) or model)
+    if renders_chat(tok, chat_template, where=f"--chat-template always: {model}"):
+        return (f"string prompts: rendered as one user turn with {model}'s chat template "
+                f"(data.chat_template={chat_template}); the judge sees the text as written")
+    why = "the tokenizer has no chat template" if chat_template == "auto" else "data.chat_template=never"
+    return f"string prompts: fed as is ({why})"
+
+
 def data_check(
     path: Path = typer.Argument(..., help="A .jsonl, .json or .parquet file."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    model: str | None = typer.Option(None, "--model", help="Model directory or .gguf file whose tokenizer (chat "
+                                     "template) the prompts are for."),
+    chat_template: str = typer.Option("auto", "--chat-template", help="data.chat_template: auto|always|never."),
 ) -> None:
-    """Validate a dataset in TRL's formats (prompt-only, preference, prompt-completion, messages)."""
+    """Validate a dataset in TRL's formats (prompt-only, preference, prompt-completion, messages) and say how
+    `inpo train` feeds its prompts to the model (chat template or not)."""
     from rich.console import Console
     from rich.table import Table
 
+    if chat_template not in ("auto", "always", "never"):
+        raise InpoError(f"--chat-template {chat_template!r}: expected auto, always or never")
     report = check_dataset(path)
+    if "prompt" in FORMAT_FIELDS[report.format] or report.format == "language-modeling":
+        report.prompt_rendering = prompt_rendering(report.style, chat_template, model)
     if json_out:
         print(json.dumps(report.as_dict()))
         return
@@ -179,6 +210,8 @@ def data_check(
         table.add_row("chosen == rejected", str(report.chosen_equals_rejected))
     if report.extra_columns:
         table.add_row("other columns (ignored)", ", ".join(report.extra_columns))
+    if report.prompt_rendering:
+        table.add_row("prompts", report.prompt_rendering)
     Console().print(table)
 
 
@@ -190,28 +223,29 @@ def data_check(
 def _run_prompts(cfg: Any, tokenizer: Any) -> list[Any]:
     """The run's training prompts, rebuilt as ``inpo.models.build_setup`` builds them (without loading models)."""
     from inpo.data import Prompt, load_prompts
+    from inpo.models import prompt_sources
 
     d = cfg.data
-    if cfg.model.path is None:
+    if cfg.model.path is None and cfg.task.name == "builtin":
         from inpo.tasks import BuiltinTask, BuiltinTaskConfig
 
         task = BuiltinTask(BuiltinTaskConfig(**{"seed": cfg.task.seed, **cfg.task.options}))
         prompts = [Prompt(t, tokenizer(t).input_ids) for t in task.train_prompts]
     else:
-        prompts, _ = load_prompts(d.prompts, tokenizer, split=d.split, max_length=d.max_prompt_length,
-                                  too_long=d.too_long, limit=d.num_prompts)
+        prompts, _ = load_prompts(prompt_sources(cfg)[0], tokenizer, split=d.split, max_length=d.max_prompt_length,
+                                  too_long=d.too_long, limit=d.num_prompts, chat_template=d.chat_template)
     return prompts[: d.num_prompts] if d.num_prompts is not None else prompts
 
 
-def _completion_text(tokenizer: Any, prompt_ids: list[int], response: list[int]) -> str:
+def _completion_text(tokenizer: Any, prompt_ids: list[int], response: list[int], stop: tuple[str, ...] = ()) -> str:
     """The response as the text that continues the prompt: decode(prompt + response) minus decode(prompt), so
     ``prompt + completion`` re-tokenizes to the sampled tokens (spacing at the boundary kept); falls back to
-    decoding the response alone when the prompt's text is not a prefix."""
+    decoding the response alone when the prompt's text is not a prefix. Cut before a stop string (what the judge
+    read)."""
     head = tokenizer.decode(prompt_ids, skip_special_tokens=True)
     full = tokenizer.decode(list(prompt_ids) + list(response), skip_special_tokens=True)
-    if full.startswith(head):
-        return full[len(head):]
-    return tokenizer.decode(response, skip_special_tokens=True)
+    text = full[len(head):] if full.startswith(head) else tokenizer.decode(response, skip_special_tokens=True)
+    return text[: min((text.index(s) for s in stop if s and s in text), default=len(text))]
 
 
 def export_pairs_trl(run_dir: str | Path, out_path: str | Path) -> int:
@@ -221,7 +255,9 @@ def export_pairs_trl(run_dir: str | Path, out_path: str | Path) -> int:
     that continue the prompt), ``iteration`` t (the pairs were sampled from pi_t, the policy at the start of
     iteration t, saved as ``iter_<t-1>``; ``iter_0`` is pi_ref), ``step`` (EGPO has two per iteration) and
     ``weight`` (the loop's pair weight: the judge's P(chosen > rejected) for ``all`` pairing, 1 otherwise).
-    The pairs are rebuilt from ``stages/iter_<t>/s<step>_{samples,judgements}.pt`` with
+    Identical responses make no pair: rows whose chosen equals rejected (two identical samples) and repeats of
+    a row already written (same prompt, chosen, rejected, iteration and step) are skipped. The pairs are rebuilt
+    from ``stages/iter_<t>/s<step>_{samples,judgements}.pt`` with
     :func:`inpo.algorithms.build_pairs`, the run's pairing and its pairing seed, so they are the pairs the
     loop trained on.
     """
@@ -229,7 +265,7 @@ def export_pairs_trl(run_dir: str | Path, out_path: str | Path) -> int:
     from inpo.algorithms import ALGORITHMS
     from inpo.config import load_config
     from inpo.inputs import check_path, refuse_inside_run
-    from inpo.models import load_tokenizer, resolve_model_dir
+    from inpo.models import load_tokenizer, run_model_dir
     from inpo.rundir import RunDir, check_artifact, load_stage
 
     check_path(run_dir, "RUN_DIR")
@@ -245,7 +281,7 @@ def export_pairs_trl(run_dir: str | Path, out_path: str | Path) -> int:
     if not stages:
         raise InpoError(f"{run_dir}: no sampled iterations (stages/iter_<t>/ missing)")
     ckpts = sorted(run.path.glob("iter_*/tokenizer_config.json"))
-    tok_dir = ckpts[0].parent if ckpts else resolve_model_dir(cfg.model)
+    tok_dir = ckpts[0].parent if ckpts else run_model_dir(cfg)
     if tok_dir is None:
         raise InpoError(f"{run_dir}: no checkpoint with a tokenizer (iter_<t>/) yet")
     tokenizer = load_tokenizer(tok_dir, trust_remote_code=cfg.model.trust_remote_code)
@@ -273,6 +309,7 @@ def _write_pairs(tmp: Path, stages: list[tuple[int, Path]], prompts: list[Any], 
     from inpo.rundir import seed_for
 
     rows = 0
+    seen: set[str] = set()  # identical rows are written once; identical responses make no pair
     with tmp.open("w", encoding="utf-8") as fh:
         for t, stage_dir in stages:
             for samples_file in sorted(stage_dir.glob("s*_samples.pt")):
@@ -290,11 +327,16 @@ def _write_pairs(tmp: Path, stages: list[tuple[int, Path]], prompts: list[Any], 
                                     f"run's {len(prompts)} prompts x K={k} (config or data changed?)")
                 pairs = build_pairs(matrices, pairing,
                                     generator=torch.Generator().manual_seed(seed_for(cfg, t, step, "pairs")))
-                texts = [_completion_text(tokenizer, prompts[i // k].ids, resp) for i, resp in enumerate(responses)]
+                texts = [_completion_text(tokenizer, prompts[i // k].ids, resp, cfg.sampling.stop)
+                         for i, resp in enumerate(responses)]
                 for c, r, w, pr in zip(pairs.chosen.tolist(), pairs.rejected.tolist(), pairs.weight.tolist(),
                                        pairs.prompt.tolist(), strict=True):
                     row = {"prompt": prompts[pr].text, "chosen": texts[c], "rejected": texts[r], "iteration": t,
                            "step": step, "weight": w}
+                    key = json.dumps([row["prompt"], row["chosen"], row["rejected"], t, step])
+                    if texts[c] == texts[r] or key in seen:
+                        continue
+                    seen.add(key)
                     fh.write(json.dumps(row) + "\n")
                     rows += 1
     return rows

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -19,7 +20,7 @@ from inpo.judges.checked import CheckedJudge
 from inpo.logprobs import batched_sequence_logprobs
 from inpo.models import Setup
 from inpo.rundir import RunDir, seed_for, staged
-from inpo.sampling import sample_responses
+from inpo.sampling import response_texts, sample_responses, truncated
 
 
 @dataclass(frozen=True)
@@ -81,23 +82,30 @@ def game_metrics(game: torch.Tensor, pi: torch.Tensor, pi_ref: torch.Tensor, *, 
 
 
 def evaluate_policy(setup: Setup, policy: torch.nn.Module, cfg: RunConfig, run: RunDir, t: int, *,
-                    cache_baseline: bool = True, main: bool = True) -> dict[str, float]:
+                    cache_baseline: bool = True, samples: int = 1, main: bool = True) -> dict[str, float]:
     """Metrics of the policy on the eval prompts (no grad), against ``setup.ref`` as the baseline.
 
-    The baseline's samples are cached in the run dir (``cache_baseline``) so every iteration is compared
-    with the same reference responses; a different baseline (``inpo eval --baseline``) is sampled afresh.
-    ``main=False``: another process of a sharded (FSDP2) run, which runs the same forwards as the main one
-    (every sharded forward is collective) but neither writes the baseline's samples nor queries the judge."""
+    ``samples`` responses per prompt (at least 2 for KL and length) each battle one baseline response; a prompt's
+    score is their mean and the 95% CI is over prompts. ``eval/truncated``: the fraction of the policy's responses
+    that hit ``max_new_tokens`` without ending. The baseline's samples are cached in the run dir
+    (``cache_baseline``) so every iteration is compared with the same reference responses; a different baseline
+    (``inpo eval --baseline``) is sampled afresh. ``main=False``: another process of a sharded (FSDP2) run, which
+    runs the same forwards as the main one (every sharded forward is collective) but neither writes the baseline's
+    samples nor queries the judge."""
     prompts = [p.ids for p in setup.eval_prompts]
-    one = SamplingConfig(**{**cfg.sampling.model_dump(), "num_samples": 2})
+    one = SamplingConfig(**{**cfg.sampling.model_dump(), "num_samples": max(2, samples)})
+    kw = {"stop_ids": setup.stop_ids, "tokenizer": setup.tokenizer}
     resp = sample_responses(policy, prompts, one, eos_id=setup.eos_id, pad_id=setup.pad_id,
-                            seed=seed_for(cfg, t, 0, "eval"))
+                            seed=seed_for(cfg, t, 0, "eval"), **kw)
     both = [r for rs in resp for r in rs]
     both_prompts = [p for p in prompts for _ in range(one.num_samples)]
     lp_pol = batched_sequence_logprobs(policy, both_prompts, both, pad_id=setup.pad_id)
     lp_ref = batched_sequence_logprobs(setup.ref, both_prompts, both, pad_id=setup.pad_id)
     out = {"eval/kl_to_ref": kl_estimate(lp_pol, lp_ref), "eval/mean_length": mean_length(both)}
-    flat = [r[0] for r in resp]
+    if setup.task is None:  # real text (the built-in task's evaluation rows keep their keys)
+        cut = truncated(both, setup.stop_ids or [setup.eos_id], setup.tokenizer, cfg.sampling.stop)
+        out["eval/truncated"] = sum(cut) / max(1, len(cut))
+    flat = [r[j] for r in resp for j in range(samples)]
     texts = [p.text for p in setup.eval_prompts]
     if setup.task is not None:
         game = setup.task.game_for_prompts(texts)
@@ -106,23 +114,23 @@ def evaluate_policy(setup: Setup, policy: torch.nn.Module, cfg: RunConfig, run: 
         out.update(game_metrics(game, pi, pi_ref, tau=cfg.algo.tau))
     # win rate against pi_ref under the run's judge (both orders), reference samples cached on disk
     def baseline_samples() -> list[list[int]]:
-        return [r[0] for r in sample_responses(setup.ref, prompts, one, eos_id=setup.eos_id, pad_id=setup.pad_id,
-                                                seed=seed_for(cfg, 0, 0, "eval_ref"))]
+        return [r[j] for r in sample_responses(setup.ref, prompts, one, eos_id=setup.eos_id, pad_id=setup.pad_id,
+                                                seed=seed_for(cfg, 0, 0, "eval_ref"), **kw) for j in range(samples)]
 
+    name = "eval_ref_samples" if samples == 1 else f"eval_ref_samples_s{samples}"
     if not main:  # the file exists on every process or on none: the main one writes it after the forwards
-        path = run.stage(0, "eval_ref_samples")
-        if not (cache_baseline and path.exists()):
+        if not (cache_baseline and run.stage(0, name).exists()):
             baseline_samples()
         return out
-    ref_resp = staged(run.stage(0, "eval_ref_samples"), baseline_samples) if cache_baseline else baseline_samples()
-    if len(ref_resp) != len(prompts) or not all(isinstance(r, list) for r in ref_resp):
-        raise InpoError(f"{run.stage(0, 'eval_ref_samples')}: cached baseline samples for {len(ref_resp)} prompts, "
-                        f"but there are {len(prompts)} eval prompts (the eval prompts changed); delete the file")
-    dec = setup.tokenizer.batch_decode
-    scores = symmetric_win_scores(CheckedJudge(setup.judge, f"evaluation of iteration {t}"), texts,
-                                  dec(flat, skip_special_tokens=True),
-                                  dec(ref_resp, skip_special_tokens=True))
-    wr = win_rate(scores)
+    ref_resp = staged(run.stage(0, name), baseline_samples) if cache_baseline else baseline_samples()
+    if not all(isinstance(r, list) for r in ref_resp):
+        raise InpoError(f"{run.stage(0, name)}: damaged cached baseline samples; delete the file")
+    if len(ref_resp) != len(flat):  # cached for another number of eval prompts (inpo eval --num-prompts)
+        ref_resp = baseline_samples()
+    dec = partial(response_texts, setup.tokenizer, stop=cfg.sampling.stop)
+    scores = symmetric_win_scores(CheckedJudge(setup.judge, f"evaluation of iteration {t}"),
+                                  [x for x in texts for _ in range(samples)], dec(flat), dec(ref_resp))
+    wr = win_rate(scores.reshape(len(texts), samples).mean(1))
     out.update({"pref/win_rate": wr.mean, "pref/win_rate_ci_low": wr.ci_low, "pref/win_rate_ci_high": wr.ci_high})
     return out
 

@@ -40,14 +40,14 @@ from rich.progress import Progress
 
 from inpo import sharding, train
 from inpo.algorithms import ALGORITHMS, Algorithm, Pairs, at_iteration, build_pairs, mixture_coefficient, win_rates
-from inpo.config import RunConfig, resolve_output_dir
+from inpo.config import RunConfig, resolve_output_dir, with_absolute_paths
 from inpo.errors import InpoError
 from inpo.evaluate import evaluate_policy
 from inpo.inputs import check_extras
 from inpo.models import AdapterDisabled, Setup, build_setup, history_models, load_policy
-from inpo.report import flat_config, metrics_table, progress_bars, resolve_trackers, timed, write_plots
+from inpo.report import flat_config, metrics_table, peak_rss_mb, progress_bars, resolve_trackers, timed, write_plots
 from inpo.rundir import RunDir, seed_for, sharded_stage, writing
-from inpo.sampling import Samples
+from inpo.sampling import Samples, response_texts, truncated
 from inpo.stages import judge_stage, logprob_stage, reuse_metrics, sample_stage, vllm_checkpoint
 from inpo.train import NonFiniteError
 
@@ -71,23 +71,26 @@ class Context:
 def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
         console: Console | None = None, allow_config_change: bool = False) -> list[dict[str, Any]]:
     """Run (or resume) the iterative loop described in the module docstring; return metrics rows. The run
-    directory is locked (:meth:`RunDir.lock`) while this runs."""
-    cfg = resolve_output_dir(cfg)
+    directory is locked (:meth:`RunDir.lock`) while this runs. Relative file paths of the config are made absolute
+    (the run directory records them so; ``state.json``'s ``paths_as_given`` keeps the text as given)."""
+    cfg, given = with_absolute_paths(resolve_output_dir(cfg))
     rundir = RunDir(cfg.output_dir)
     try:
-        return _run(cfg, rundir, resume=resume, overwrite=overwrite, quiet=quiet, console=console,
+        return _run(cfg, rundir, given, resume=resume, overwrite=overwrite, quiet=quiet, console=console,
                     allow_config_change=allow_config_change)
     finally:
         rundir.unlock()
 
 
-def _run(cfg: RunConfig, rundir: RunDir, *, resume: bool, overwrite: bool, quiet: bool, console: Console | None,
-         allow_config_change: bool) -> list[dict[str, Any]]:
-    ctx, policy, optimizer, done = start(resolve_output_dir(cfg), resume=resume, overwrite=overwrite, quiet=quiet,
+def _run(cfg: RunConfig, rundir: RunDir, given: dict[str, Any], *, resume: bool, overwrite: bool, quiet: bool,
+         console: Console | None, allow_config_change: bool) -> list[dict[str, Any]]:
+    ctx, policy, optimizer, done = start(cfg, resume=resume, overwrite=overwrite, quiet=quiet,
                                         console=console, allow_config_change=allow_config_change, rundir=rundir)
     cfg, algo, setup, rundir, console = ctx.cfg, ctx.algo, ctx.setup, ctx.rundir, ctx.console
     accelerator = ctx.accelerator
     main = accelerator.is_main_process
+    if main and given and rundir.read_state().get("paths_as_given") != given:
+        rundir.write_state({**rundir.read_state(), "paths_as_given": given})
     rows = [r for r in rundir.read_metrics() if r["iteration"] <= done]
     if not rows and (main or ctx.sharded):  # iteration 0: pi_ref itself (FSDP2: every process joins the forwards)
         row0 = {"iteration": 0, **evaluate_policy(setup, accelerator.unwrap_model(policy), cfg, rundir, 0, main=main)}
@@ -115,10 +118,13 @@ def _run(cfg: RunConfig, rundir: RunDir, *, resume: bool, overwrite: bool, quiet
         train_metrics: dict[str, float] = {}
         anchor_metrics: dict[str, float] = {}
         n_pairs = 0
+        cut: list[bool] = []
         for step in range(algo.steps_per_iteration):
             with progress_bars(not ctx.quiet) as bars:
                 with timed(times, "time/sample"):
                     samples = sample(ctx, t, step, policy, bars)
+                cut += truncated(samples.responses, setup.stop_ids or [setup.eos_id], setup.tokenizer,
+                                 cfg.sampling.stop)
                 with timed(times, "time/judge"):
                     matrices = judge(ctx, t, step, samples, bars)
                 with timed(times, "time/logprobs"):
@@ -140,7 +146,9 @@ def _run(cfg: RunConfig, rundir: RunDir, *, resume: bool, overwrite: bool, quiet
         if main:  # one writer: checkpoint (atomic: a temp dir renamed), evaluation, metrics, state, plots
             rundir.save_checkpoint(t, unwrapped, setup.tokenizer, state_dict=full)
             perf = {"perf/pairs_per_s": n_pairs * cfg.train.epochs / times["time/train"]} if times["time/train"] else {}
+            perf["perf/peak_rss_mb"] = peak_rss_mb()
             row = {"iteration": t, **train_metrics, **anchor_metrics, "train/pairs": n_pairs, **times, **perf,
+                   "sample/truncated": sum(cut) / max(1, len(cut)),
                    **evaluate_policy(setup, unwrapped, cfg, rundir, t)}
             record(ctx, rows, row)
         elif ctx.sharded:
@@ -182,7 +190,7 @@ def sample(ctx: Context, t: int, step: int, policy: torch.nn.Module, bars: Progr
 def judge(ctx: Context, t: int, step: int, samples: Samples, bars: Progress) -> torch.Tensor:
     """[N, K, K] preference matrices of the samples, one per prompt, checked (:mod:`inpo.judges.checked`)."""
     setup = ctx.setup
-    texts = setup.tokenizer.batch_decode(samples.responses, skip_special_tokens=True)
+    texts = response_texts(setup.tokenizer, samples.responses, ctx.cfg.sampling.stop)
     bar = bars.add_task(f"iter {t} judge", total=len(samples.prompt_ids))
     return sharded_stage(ctx.accelerator, ctx.rundir.stage(t, f"s{step}_judgements"), judge_stage,
                          len(samples.prompt_ids), setup.judge, setup.train_prompts, texts, samples.k,

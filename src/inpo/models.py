@@ -6,7 +6,7 @@ turns it on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ class Setup:
     task: Any | None  # the built-in task (exact game metrics) or None
     pad_id: int
     eos_id: int
+    stop_ids: list[int] = field(default_factory=list)  # end-of-turn tokens: EOS and the chat template's markers
 
 
 def load_causal_lm(path: str | Path, *, trust_remote_code: bool = False) -> torch.nn.Module:
@@ -132,6 +133,48 @@ def check_checkpoint_kind(path: Path, cfg: RunConfig) -> None:
                                 f"{getattr(cfg.peft, ours)}; a run's LoRA shape cannot change mid-way")
 
 
+def load_baseline(path: str | Path, cfg: RunConfig, base_path: str | Path) -> torch.nn.Module:
+    """A model to compare against (``inpo eval --baseline``): an iterate of the run (a full model or, with
+    ``peft``, a LoRA adapter directory on the run's base model) or any causal LM directory; eval mode."""
+    p = Path(path)
+    if not p.is_dir():
+        raise InpoError(f"--baseline: {path} is not a directory")
+    if (p / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base = load_causal_lm(base_path, trust_remote_code=cfg.model.trust_remote_code)
+        try:
+            return PeftModel.from_pretrained(base, str(p)).eval()
+        except Exception as e:  # noqa: BLE001 - an adapter of another base model
+            raise InpoError(f"--baseline: {path}: a LoRA adapter that does not load on the run's base model "
+                            f"{base_path} ({type(e).__name__})") from None
+    try:
+        return load_causal_lm(p, trust_remote_code=cfg.model.trust_remote_code).eval()
+    except InpoError as e:
+        raise InpoError(f"--baseline: {str(e).removeprefix('model.path: ')}") from None
+
+
+def run_model_dir(cfg: RunConfig) -> Path | None:
+    """The model directory of a run: :func:`resolve_model_dir`, or SmolLM2 for the annotators task without
+    ``model.path``; None for the built-in task."""
+    if cfg.model.path is None and cfg.task.name == "annotators":
+        from inpo.models_real import smollm2_path
+
+        return smollm2_path()
+    return resolve_model_dir(cfg.model)
+
+
+def prompt_sources(cfg: RunConfig) -> tuple[str | None, str | None]:
+    """``(data.prompts, data.eval_prompts)``, the annotators task's shipped files standing in for unset ones."""
+    d = cfg.data
+    if cfg.task.name == "annotators":
+        from inpo.tasks.annotators import EVAL_FILE, TRAIN_FILE
+
+        if d.prompts is None:
+            return str(TRAIN_FILE), d.eval_prompts or str(EVAL_FILE)
+    return d.prompts, d.eval_prompts
+
+
 def resolve_model_dir(model: ModelConfig) -> Path | None:
     """The model directory a run loads: ``model.path``, or for a GGUF model (``path`` ending in ``.gguf``, or
     ``path`` + ``gguf_file``) its cached plain-safetensors import. None for the built-in task."""
@@ -149,7 +192,7 @@ def resolve_model_dir(model: ModelConfig) -> Path | None:
 
 def build_setup(cfg: RunConfig, console: Console, *, progress: bool) -> Setup:
     task = None
-    if cfg.model.path is None:
+    if cfg.model.path is None and cfg.task.name == "builtin":
         from inpo.tasks import BuiltinTask, BuiltinTaskConfig, build_reference
 
         try:
@@ -159,7 +202,7 @@ def build_setup(cfg: RunConfig, console: Console, *, progress: bool) -> Setup:
         task = BuiltinTask(task_cfg)
         ref_path = build_reference(task, cfg.task.sft_cache, progress=progress)
     else:
-        ref_path = resolve_model_dir(cfg.model)
+        ref_path = run_model_dir(cfg)
         assert ref_path is not None
     trc = cfg.model.trust_remote_code
     tokenizer = load_tokenizer(ref_path, trust_remote_code=trc)
@@ -190,7 +233,8 @@ def build_setup(cfg: RunConfig, console: Console, *, progress: bool) -> Setup:
 
         train_p, eval_p = as_prompts(task.train_prompts), as_prompts(task.eval_prompts)
     else:
-        assert d.prompts is not None
+        prompts_src, eval_src = prompt_sources(cfg)
+        assert prompts_src is not None
         # a prompt plus its response must fit the model's positions (learned position embeddings crash past them)
         max_len, name = d.max_prompt_length, "data.max_prompt_length"
         n_pos = getattr(policy.config, "max_position_embeddings", None) or getattr(policy.config, "n_positions", None)
@@ -199,26 +243,33 @@ def build_setup(cfg: RunConfig, console: Console, *, progress: bool) -> Setup:
             if max_len < 1:
                 raise InpoError(f"sampling.max_new_tokens={cfg.sampling.max_new_tokens} leaves no room for a prompt "
                                 f"in the model's context of {n_pos} positions")
-        kw: dict[str, Any] = {"max_length": max_len, "too_long": d.too_long, "max_length_name": name}
-        train_p, skipped = load_prompts(d.prompts, tokenizer, split=d.split, limit=d.num_prompts, **kw)
+        kw: dict[str, Any] = {"max_length": max_len, "too_long": d.too_long, "max_length_name": name,
+                              "chat_template": d.chat_template}
+        train_p, skipped = load_prompts(prompts_src, tokenizer, split=d.split, limit=d.num_prompts, **kw)
         if skipped:
             console.print(f"[yellow]skipped {skipped} prompts longer than {name}={max_len}[/]")
-        if d.eval_prompts is not None:
-            eval_p, _ = load_prompts(d.eval_prompts, tokenizer, limit=d.num_eval_prompts, **kw)
+        if eval_src is not None:
+            eval_p, _ = load_prompts(eval_src, tokenizer, limit=d.num_eval_prompts, **kw)
         else:
             eval_p = train_p[: d.num_eval_prompts]
     if d.num_prompts is not None:
         train_p = train_p[: d.num_prompts]
 
-    if cfg.judge.path == "builtin":
+    if cfg.judge.path == "builtin" and cfg.task.name == "annotators":
+        from inpo.tasks.annotators import annotator_judge
+
+        judge: Judge = annotator_judge(cfg.task.options)
+    elif cfg.judge.path == "builtin":
         assert task is not None
-        judge: Judge = task.judge()
+        judge = task.judge()
     else:
         from inpo.judges import load_judge
 
         judge = load_judge(cfg.judge.path)
+    from inpo.sampling import end_of_turn_ids
+
     return Setup(tokenizer, policy, ref, Path(ref_path), train_p, eval_p, judge, task,
-                 int(tokenizer.pad_token_id), int(tokenizer.eos_token_id))
+                 int(tokenizer.pad_token_id), int(tokenizer.eos_token_id), end_of_turn_ids(tokenizer, policy))
 
 
 def history_models(

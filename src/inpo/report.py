@@ -105,3 +105,12 @@ def timed(times: dict[str, float], key: str) -> Iterator[None]:
     t0 = time.perf_counter()
     yield
     times[key] += time.perf_counter() - t0
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, MiB (``getrusage``; Linux reports KiB, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024

@@ -3,7 +3,10 @@
 Prompts are token-id lists; they are left-padded into one batch per ``batch_size`` prompts and each
 row is expanded to K return sequences, so one ``generate`` call samples K x batch_size responses.
 A response keeps its EOS token (its log-prob is part of the sequence); a response that reaches
-``max_new_tokens`` without EOS is kept as is (truncated).
+``max_new_tokens`` without EOS is kept as is (truncated). Besides EOS, sampling stops at the chat template's
+end-of-turn tokens (:func:`end_of_turn_ids`, the loop's ``stop_ids``) and at the stop strings ``sampling.stop``
+(the response keeps the tokens up to the one that completes the string; :func:`response_texts`, what the judge
+reads, cuts the text before it). :func:`truncated` tells the responses that ended for none of these reasons.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
@@ -41,12 +45,64 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tenso
     return ids, mask
 
 
-def strip_response(tokens: Sequence[int], eos_id: int, pad_id: int) -> list[int]:
-    """Cut a generated continuation after its first EOS (kept); drop trailing padding."""
+END_OF_TURN_MARKERS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|eom_id|>", "</s>")
+
+
+def end_of_turn_ids(tokenizer: Any, model: torch.nn.Module | None = None) -> list[int]:
+    """Token ids that end an assistant turn: EOS, the model's ``generation_config.eos_token_id`` (one or several)
+    and the known end-of-turn markers (``<|im_end|>``, ``<|eot_id|>``, ...) that the chat template writes."""
+    ids = [int(tokenizer.eos_token_id)]
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for t in gen_eos if isinstance(gen_eos, list) else [gen_eos]:
+        if isinstance(t, int) and t < len(tokenizer):
+            ids.append(t)
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, str):
+        vocab = tokenizer.get_vocab()
+        ids += [vocab[m] for m in END_OF_TURN_MARKERS if m in template and m in vocab]
+    return list(dict.fromkeys(ids))
+
+
+def cut_at_stop_strings(tokens: Sequence[int], tokenizer: Any, stop: Sequence[str]) -> tuple[list[int], bool]:
+    """The tokens up to (and with) the one whose decoding first contains a stop string, and whether one occurs."""
+    toks = [int(t) for t in tokens]
+    if not stop or not any(s in tokenizer.decode(toks) for s in stop):
+        return toks, False
+    for n in range(1, len(toks) + 1):
+        if any(s in tokenizer.decode(toks[:n]) for s in stop):
+            return toks[:n], True
+    return toks, True
+
+
+def response_texts(tokenizer: Any, responses: Sequence[Sequence[int]], stop: Sequence[str] = ()) -> list[str]:
+    """What the judge reads: each response decoded without special tokens, cut before its first stop string."""
+    texts = tokenizer.batch_decode([list(r) for r in responses], skip_special_tokens=True)
+    out = []
+    for t in texts:
+        cut = min((t.index(s) for s in stop if s and s in t), default=len(t))
+        out.append(t[:cut])
+    return out
+
+
+def truncated(responses: Sequence[Sequence[int]], stop_ids: Sequence[int], tokenizer: Any = None,
+              stop: Sequence[str] = ()) -> list[bool]:
+    """Per response: True if it ended at ``max_new_tokens`` (no end-of-turn token last, no stop string)."""
+    ids = set(int(i) for i in stop_ids)
+    out = []
+    for r in responses:
+        ended = bool(r) and int(r[-1]) in ids
+        if not ended and stop and tokenizer is not None:
+            ended = any(s in tokenizer.decode(list(r)) for s in stop)
+        out.append(not ended)
+    return out
+
+
+def strip_response(tokens: Sequence[int], eos_id: int, pad_id: int, stop_ids: Sequence[int] = ()) -> list[int]:
+    """Cut a generated continuation after its first EOS (or other stop token; kept); drop trailing padding."""
     out: list[int] = []
     for t in tokens:
         out.append(int(t))
-        if t == eos_id:
+        if t == eos_id or t in stop_ids:
             return out
     while out and out[-1] == pad_id and pad_id != eos_id:
         out.pop()
@@ -75,9 +131,9 @@ class GeometricMixture(LogitsProcessor):
 
 
 def is_plain(cfg: SamplingConfig) -> bool:
-    """Sampling from pi itself: temperature 1, top-p 1 (top-k is always off and no repetition penalty is
-    applied here). Only then are the sampler's log-probs pi_t's own (the anchor INPO needs)."""
-    return cfg.temperature == 1.0 and cfg.top_p == 1.0
+    """Sampling from pi itself: temperature 1, top-p 1, top-k off (no repetition penalty is applied here). Only
+    then are the sampler's log-probs pi_t's own (the anchor INPO needs)."""
+    return cfg.temperature == 1.0 and cfg.top_p == 1.0 and not cfg.top_k
 
 
 class LogprobRecorder(LogitsProcessor):
@@ -119,23 +175,32 @@ def sample_responses(
     mixture: tuple[torch.nn.Module, float] | None = None,
     progress: Callable[[int], None] | None = None,
     logprobs: list[list[float]] | None = None,
+    stop_ids: Sequence[int] = (),
+    tokenizer: Any = None,
 ) -> list[list[list[int]]]:
     """``out[i][k]`` = the k-th sampled response (token ids) to prompt i; seeded (``seed``).
 
     ``mixture=(ref_model, w)`` samples from the geometric mixture pi^{1-w} pi_ref^w (Nash-MD).
     ``logprobs``: a list that receives, per response in the order of ``out`` flattened, its sum of token
-    log-probs under the sampling distribution (:class:`LogprobRecorder`; the samples do not change)."""
+    log-probs under the sampling distribution (:class:`LogprobRecorder`; the samples do not change).
+    ``stop_ids``: more tokens that end a response like EOS (end-of-turn); ``cfg.stop`` strings need the
+    ``tokenizer``."""
     device = next(model.parameters()).device
+    stop_ids = [int(i) for i in stop_ids if int(i) != eos_id]
+    if cfg.stop and tokenizer is None:
+        raise ValueError("sampling.stop needs the tokenizer")
     gen_cfg = GenerationConfig(
         do_sample=True,
         temperature=cfg.temperature,
         top_p=cfg.top_p,
-        top_k=0,
+        top_k=cfg.top_k,
         max_new_tokens=cfg.max_new_tokens,
         num_return_sequences=cfg.num_samples,
-        eos_token_id=eos_id,
+        eos_token_id=[eos_id, *stop_ids] if stop_ids else eos_id,
         pad_token_id=pad_id,
+        stop_strings=list(cfg.stop) or None,
     )
+    extra = {"tokenizer": tokenizer} if cfg.stop else {}
     was_training = model.training
     model.eval()
     torch.manual_seed(seed)
@@ -153,13 +218,16 @@ def sample_responses(
                 processors.append(GeometricMixture(mixture[0], mixture[1], pad_id, rep))
             out = model.generate(
                 input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg,
-                logits_processor=processors,
+                logits_processor=processors, **extra,
             )
             new = out[:, ids.shape[1] :].cpu().tolist()
             k = cfg.num_samples
             token_lps = recorder.finish(out[:, -1]) if recorder is not None else None
             for i in range(len(chunk)):
-                results.append([strip_response(new[i * k + j], eos_id, pad_id) for j in range(k)])
+                rows = [strip_response(new[i * k + j], eos_id, pad_id, stop_ids) for j in range(k)]
+                if cfg.stop:
+                    rows = [cut_at_stop_strings(r, tokenizer, cfg.stop)[0] for r in rows]
+                results.append(rows)
                 if token_lps is not None and logprobs is not None:
                     logprobs.extend(token_lps[i * k + j, : len(r)].tolist() for j, r in enumerate(results[-1]))
             if progress is not None:
@@ -367,13 +435,14 @@ def request_seeds(seed: int, n: int, k: int) -> list[int]:
 def sample_responses_vllm(
     model_dir: str | Path, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, *, eos_id: int, seed: int,
     python: str, threads: int | None = None, logprobs: list[list[float]] | None = None,
-    max_model_len: int | None = None,
+    max_model_len: int | None = None, stop_ids: Sequence[int] = (), tokenizer: Any = None,
 ) -> list[list[list[int]]]:
     """The same sampling with vLLM, in a worker process under ``python`` (:func:`inpo.vllm_env.resolve_python`).
 
     The engine loads the iterate from its saved directory (``iter_<t>/``, or pi_ref's), which is how weights
     reach it after each iteration (:func:`vllm_servable` first); prompts go in as token ids, so their rendering
-    is the transformers backend's. Same K, temperature, top-p, max new tokens, stop at ``eos_id`` only (kept);
+    is the transformers backend's. Same K, temperature, top-p, top-k, max new tokens, stop at ``eos_id`` and
+    ``stop_ids`` (kept) and at ``cfg.stop`` strings (cut as the transformers backend does, with ``tokenizer``);
     float32. The random streams are vLLM's, so the samples differ from transformers' but follow the same
     distribution. ``logprobs`` receives each response's token log-probs (vLLM's raw log-probs: the model's)."""
     if not prompts:
@@ -392,12 +461,15 @@ def sample_responses_vllm(
     req = {"model": str(served), "prompts": [list(map(int, p)) for p in prompts],
            "seeds": request_seeds(seed, len(prompts), cfg.num_samples), "n": cfg.num_samples,
            "temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_new_tokens,
-           "stop_token_ids": [eos_id], "max_model_len": max_model_len, "dtype": "float32",
+           "stop_token_ids": list(dict.fromkeys([eos_id, *stop_ids])), "top_k": cfg.top_k,
+           "max_model_len": max_model_len, "dtype": "float32",
            "kv_cache_bytes": cfg.vllm_kv_cache_mb << 20}
     reply = vllm_worker(python, threads).request(req)
     out: list[list[list[int]]] = []
     for toks, lps in zip(reply["tokens"], reply["logprobs"], strict=True):
-        rs = [strip_response(t, eos_id, -1) for t in toks]
+        rs = [strip_response(t, eos_id, -1, stop_ids) for t in toks]
+        if cfg.stop:
+            rs = [cut_at_stop_strings(r, tokenizer, cfg.stop)[0] for r in rs]
         out.append(rs)
         if logprobs is not None:
             logprobs.extend(lp[: len(r)] for lp, r in zip(lps, rs, strict=True))

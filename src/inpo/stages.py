@@ -49,7 +49,8 @@ def sample_stage(
         path, temporary = checkpoint() if checkpoint is not None else (setup.ref_path, False)
         try:
             nested = sample_responses_vllm(path, chosen, s, eos_id=setup.eos_id, seed=seed, python=python,
-                                           threads=torch.get_num_threads(), logprobs=lps)
+                                           threads=torch.get_num_threads(), logprobs=lps, stop_ids=setup.stop_ids,
+                                           tokenizer=setup.tokenizer)
         finally:
             if temporary:
                 shutil.rmtree(path, ignore_errors=True)
@@ -57,7 +58,8 @@ def sample_stage(
             progress(len(chosen))
     else:
         nested = sample_responses(model, chosen, s, eos_id=setup.eos_id, pad_id=setup.pad_id, seed=seed,
-                                  mixture=mixture, progress=progress, logprobs=lps)
+                                  mixture=mixture, progress=progress, logprobs=lps, stop_ids=setup.stop_ids,
+                                  tokenizer=setup.tokenizer)
     flat = [r for rs in nested for r in rs]
     if lps is None:
         return flat

@@ -60,8 +60,9 @@ def serve(proto) -> None:  # noqa: ANN001 - a text file
                           seed=0)
                 key = _engine_key(req)
             t1, c1 = time.perf_counter(), time.process_time()
-            params = [SamplingParams(n=req["n"], temperature=req["temperature"], top_p=req["top_p"], top_k=0,
-                                     max_tokens=req["max_tokens"], stop_token_ids=req["stop_token_ids"],
+            params = [SamplingParams(n=req["n"], temperature=req["temperature"], top_p=req["top_p"],
+                                     top_k=req.get("top_k") or 0, max_tokens=req["max_tokens"],
+                                     stop_token_ids=req["stop_token_ids"],
                                      ignore_eos=True, seed=s, logprobs=0, detokenize=False)
                       for s in req["seeds"]]
             outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in req["prompts"]], params, use_tqdm=False)
