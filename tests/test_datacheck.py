@@ -176,14 +176,15 @@ def test_export_skips_identical_responses_and_duplicate_rows(tiny_run: Path, tmp
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    samples = torch.load(run / "stages/iter_1/s0_samples.pt", weights_only=True)
+    stored = torch.load(run / "stages/iter_1/s0_samples.pt", weights_only=True)
+    samples = stored["responses"] if isinstance(stored, dict) else stored  # dict: saved with the sampler's log-probs
     m = torch.load(run / "stages/iter_1/s0_judgements.pt", weights_only=True)
     k = m.shape[1]
     assert k == 3
     other = next(s for s in samples if s != samples[0])
     samples[1], samples[2] = list(samples[0]), list(other)
     m[0] = torch.tensor([[0.5, 0.9, 0.8], [0.1, 0.5, 0.8], [0.2, 0.2, 0.5]], dtype=m.dtype)
-    torch.save(samples, run / "stages/iter_1/s0_samples.pt")
+    torch.save(stored, run / "stages/iter_1/s0_samples.pt")
     torch.save(m, run / "stages/iter_1/s0_judgements.pt")
     out = tmp_path / "pairs.jsonl"
     n = export_pairs_trl(run, out)
