@@ -254,7 +254,9 @@ def test_vllm_samples_smollm2_with_the_chat_rendering_and_its_logprobs(tmp_path:
                               for q in ("Name a fruit.", "Say hi.")))
     prompts, _ = load_prompts(str(rows), tok)
     ids = [p.ids for p in prompts]
-    assert all(p.text.startswith("<|im_start|>") for p in prompts)
+    # the model sees the chat template's rendering; the judge the prompt as written (issue 11)
+    assert all(tok.decode(p.ids).startswith("<|im_start|>") for p in prompts)
+    assert [p.text for p in prompts] == ["Name a fruit.", "Say hi."]
     cfg = build_config({"sampling": {"num_samples": 2, "max_new_tokens": 16}}).sampling
     lps: list[list[float]] = []
     out = sample_responses_vllm(smollm2_dir, ids, cfg, eos_id=tok.eos_token_id, seed=0, python=vllm_python,
