@@ -12,7 +12,8 @@ Every judge (synthetic ground truth, BT reward model, pairwise model, GPM, a use
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -35,3 +36,24 @@ def matrix_from_prob(judge: Judge, prompt: str, responses: list[str]) -> torch.T
         m[ii, jj] = p
         m[jj, ii] = 1.0 - p
     return m
+
+
+def load_hf_model(path: str | Path, auto_class: Any, what: str) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of a transformers directory through ``auto_class`` (e.g.
+    ``AutoModelForSequenceClassification``), float32, eval mode, safetensors only, no remote code; a directory
+    that is not one, or does not load, is a one-line InpoError naming it and ``what`` it was loaded as."""
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from inpo.errors import InpoError
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise InpoError(f"{path}: not a transformers model directory (no config.json)")
+    hf_logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        model = auto_class.from_pretrained(path, trust_remote_code=False, use_safetensors=True, dtype=torch.float32)
+    except (OSError, ValueError) as e:
+        raise InpoError(f"{path}: cannot load as {what} ({str(e).splitlines()[0]})") from None
+    return model.eval(), tokenizer

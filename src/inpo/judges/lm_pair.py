@@ -185,17 +185,9 @@ class LMPairJudge:
 
 def load_causal_lm_judge(path: str | Path, *, batch_size: int = 8, device: str = "cpu", **options: Any) -> LMPairJudge:
     """An :class:`LMPairJudge` on the causal LM in ``path`` (safetensors only, no remote code)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    from transformers import AutoModelForCausalLM
 
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise InpoError(f"{path}: not a transformers model directory (no config.json)")
-    hf_logging.disable_progress_bar()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, use_safetensors=True,
-                                                     dtype=torch.float32)
-    except (OSError, ValueError) as e:
-        raise InpoError(f"{path}: cannot load as a causal LM ({str(e).splitlines()[0]})") from None
-    return LMPairJudge(model.eval(), tokenizer, batch_size=batch_size, device=device, **options)
+    from inpo.judges.base import load_hf_model
+
+    model, tokenizer = load_hf_model(path, AutoModelForCausalLM, "a causal LM")
+    return LMPairJudge(model, tokenizer, batch_size=batch_size, device=device, **options)

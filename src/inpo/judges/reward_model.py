@@ -140,18 +140,10 @@ def is_reward_model_dir(path: str | Path) -> bool:
 def load_reward_model(path: str | Path, *, template: Template = "auto", max_length: int = 1024,
                       batch_size: int = 16, device: str = "cpu") -> RewardModelJudge:
     """Load a standard reward-model directory (safetensors only, no remote code)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    from transformers import AutoModelForSequenceClassification
 
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise InpoError(f"{path}: not a transformers model directory (no config.json)")
-    hf_logging.disable_progress_bar()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, trust_remote_code=False, use_safetensors=True, dtype=torch.float32)
-    except (OSError, ValueError) as e:
-        raise InpoError(f"{path}: cannot load as a reward model ({str(e).splitlines()[0]})") from None
-    return RewardModelJudge(model.eval(), tokenizer, template=template, max_length=max_length,
+    from inpo.judges.base import load_hf_model
+
+    model, tokenizer = load_hf_model(path, AutoModelForSequenceClassification, "a reward model")
+    return RewardModelJudge(model, tokenizer, template=template, max_length=max_length,
                             batch_size=batch_size, device=device)
