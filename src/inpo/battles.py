@@ -38,6 +38,7 @@ import torch
 
 from inpo.errors import InpoError
 from inpo.judges.base import Judge
+from inpo.judges.checked import checked_prob
 
 LC_GLM = "length_controlled_minimal"
 """AlpacaEval GLM used for the LC win rate. Its ``length_controlled_v1`` adds an instruction-difficulty term and a
@@ -93,20 +94,7 @@ def mean_chars(texts: Sequence[str]) -> float:
 def ordered_prob(judge: Judge, prompts: list[str], first: list[str], second: list[str]) -> torch.Tensor:
     """P(the first-shown response is better) per row, in this presentation order only: the judge's ``raw_prob``
     when it has one, else its ``prob``. Checked: shape (N,), finite, in [0, 1]."""
-    fn = getattr(judge, "raw_prob", None) or judge.prob
-    try:
-        p = torch.as_tensor(fn(prompts, first, second), dtype=torch.float64)
-    except InpoError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a judge's failure becomes one line
-        raise InpoError(f"judge failed during the battles: {type(e).__name__}: {e}") from None
-    if p.shape != (len(prompts),):
-        raise InpoError(f"judge returned shape {tuple(p.shape)} during the battles; expected ({len(prompts)},)")
-    bad = ~torch.isfinite(p) | (p < 0) | (p > 1)
-    if bad.any():
-        i = int(bad.nonzero()[0])
-        raise InpoError(f"judge returned {p[i].item()} for prompt {i} during the battles; expected a probability")
-    return p
+    return checked_prob(getattr(judge, "raw_prob", None) or judge.prob, prompts, first, second, "the battles")
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ becomes one line naming the prompt, never a traceback or a silently wrong traini
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -47,19 +48,26 @@ class CheckedJudge:
         self.judge, self.where = judge, where
 
     def prob(self, prompts: list[str], responses_a: list[str], responses_b: list[str]) -> torch.Tensor:
-        try:
-            p = torch.as_tensor(self.judge.prob(prompts, responses_a, responses_b), dtype=torch.float64)
-        except Exception as e:  # noqa: BLE001 - a judge's failure is reported with where it happened
-            kind = "" if isinstance(e, InpoError) else f"{type(e).__name__}: "
-            raise InpoError(f"judge failed during {self.where}: {kind}{e}") from None
-        if p.shape != (len(prompts),):
-            raise InpoError(f"judge returned shape {tuple(p.shape)} during {self.where}; expected ({len(prompts)},)")
-        bad = ~torch.isfinite(p) | (p < 0) | (p > 1)
-        if bad.any():
-            i = int(bad.nonzero()[0])
-            raise InpoError(f"judge returned {p[i].item()} for prompt {i} during {self.where}; expected a "
-                            "probability in [0, 1]")
-        return p
+        return checked_prob(self.judge.prob, prompts, responses_a, responses_b, self.where)
 
     def matrix(self, prompt: str, responses: list[str]) -> torch.Tensor:
         return matrix_from_prob(self, prompt, responses)
+
+
+def checked_prob(prob: Callable[[list[str], list[str], list[str]], Any], prompts: list[str], responses_a: list[str],
+                 responses_b: list[str], where: str) -> torch.Tensor:
+    """``prob(prompts, responses_a, responses_b)`` as float64, checked: an exception, a shape other than (N,), NaN
+    or a value outside [0, 1] becomes a one-line InpoError naming ``where`` (and the prompt index)."""
+    try:
+        p = torch.as_tensor(prob(prompts, responses_a, responses_b), dtype=torch.float64)
+    except Exception as e:  # noqa: BLE001 - a judge's failure is reported with where it happened
+        kind = "" if isinstance(e, InpoError) else f"{type(e).__name__}: "
+        raise InpoError(f"judge failed during {where}: {kind}{e}") from None
+    if p.shape != (len(prompts),):
+        raise InpoError(f"judge returned shape {tuple(p.shape)} during {where}; expected ({len(prompts)},)")
+    bad = ~torch.isfinite(p) | (p < 0) | (p > 1)
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        raise InpoError(f"judge returned {p[i].item()} for prompt {i} during {where}; expected a probability in "
+                        "[0, 1]")
+    return p
