@@ -196,3 +196,28 @@ def test_config_default_is_the_library_default() -> None:
     assert TrainConfig().logprob_chunk == LOGPROB_CHUNK > 0
     with pytest.raises(ValueError):
         TrainConfig(logprob_chunk=-1)
+
+
+def test_sharded_parameters_keep_the_full_logits_path(tmp_path) -> None:
+    """FSDP2 (inpo.sharding) shards parameters as DTensors: the head cannot be called on its own there, so
+    output_head declines and sequence_logprobs keeps the model's own logits (one gloo process, world size 1)."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = tiny_llama()
+        plain = copy.deepcopy(model).eval()
+        for layer in model.model.layers:
+            fully_shard(layer)
+        fully_shard(model)
+        model.eval()
+        assert output_head(model) is None
+        prompts, responses = sequences()
+        ids, att, resp = collate(prompts, responses, PAD)
+        with torch.no_grad():
+            assert chunked_sequence_logprobs(model, ids, att, resp, chunk=4) is None
+            got = sequence_logprobs(model, ids, att, resp, chunk=4)
+        assert torch.allclose(got.double(), reference(plain, prompts, responses), atol=1e-5)
+    finally:
+        dist.destroy_process_group()
