@@ -14,6 +14,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from inpo.config import TrainConfig
 from inpo.logprobs import (
+    _DECLINED,
     LOGPROB_CHUNK,
     batched_sequence_logprobs,
     chunked_sequence_logprobs,
@@ -190,6 +191,7 @@ def test_models_it_cannot_serve_fall_back_to_the_full_logits() -> None:
             assert chunked_sequence_logprobs(model, ids, att, resp, chunk=4) is None
             got = sequence_logprobs(model, ids, att, resp, chunk=4)
         assert torch.allclose(got.double(), reference(model, prompts, responses), atol=1e-5)
+    assert capped in _DECLINED  # the failed check is remembered: the trunk does not run twice per call again
 
 
 def test_config_default_is_the_library_default() -> None:

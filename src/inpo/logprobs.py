@@ -7,6 +7,7 @@ are the plain 0..L-1 of each row and padding never changes a row's value.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -101,6 +102,9 @@ def output_head(model: torch.nn.Module) -> torch.nn.Module | None:
     return None
 
 
+_DECLINED: weakref.WeakKeyDictionary[torch.nn.Module, bool] = weakref.WeakKeyDictionary()  # failed the check
+
+
 def _head_logprobs(head: torch.nn.Module, hidden: Tensor, targets: Tensor) -> Tensor:
     """log pi(targets[n] | hidden[n]) for hidden states [n, H]: one chunk's logits [n, V], in float32 or wider."""
     logits = head(hidden)
@@ -125,10 +129,10 @@ def chunked_sequence_logprobs(
     give the model's own last-position logits (rtol 1e-4); models whose logits are not ``head(hidden_states[-1])``
     (a final logit soft-cap or scale, hidden states before the final norm), that take no ``logits_to_keep`` /
     ``output_hidden_states``, or without a callable head (:func:`output_head`: e.g. FSDP2-sharded) give None, and
-    :func:`sequence_logprobs` uses the model's logits instead.
+    :func:`sequence_logprobs` uses the model's logits instead (a model that failed the check is not tried again).
     """
     head = output_head(model)
-    if head is None:
+    if head is None or model in _DECLINED:
         return None
     try:
         out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=1,
@@ -143,6 +147,7 @@ def chunked_sequence_logprobs(
         last = head(hidden[:, -1:].detach()).float()
         own = out.logits[:, -1:].float()
         if last.shape != own.shape or not torch.allclose(last, own, rtol=1e-4, atol=1e-4 * own.abs().max().item()):
+            _DECLINED[model] = True  # its trunk ran for nothing: not again for this model
             return None
     del out, states
     mask = response_mask[:, 1:].bool()
