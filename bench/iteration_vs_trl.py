@@ -171,6 +171,7 @@ def profiled(phase: str, wanted: str | None):  # noqa: ANN201
         def __enter__(self):  # noqa: ANN204
             self.p = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
             self.p.__enter__()
+            return self
 
         def __exit__(self, *exc):  # noqa: ANN002, ANN204
             self.p.__exit__(*exc)
@@ -369,7 +370,51 @@ def run_peer(n: int, mode: str, new_tokens: int, trl_batch: int, profile: str | 
     }
 
 
-def run_sampler(n: int, backend: str, new_tokens: int) -> dict:
+def matmul_share(prof) -> dict[str, float]:  # noqa: ANN001 - a torch.profiler.profile
+    """Self CPU time of the GEMM ops (``aten::mm``, ``addmm``, ``bmm``, ``matmul``'s kernels) vs all ops."""
+    ev = prof.key_averages()
+    total_us = sum(e.self_cpu_time_total for e in ev)
+    gemm_us = sum(e.self_cpu_time_total for e in ev if e.key in ("aten::mm", "aten::addmm", "aten::bmm",
+                                                                 "aten::_scaled_dot_product_flash_attention_for_cpu"))
+    return {"total_s": total_us / 1e6, "gemm_s": gemm_us / 1e6, "gemm_share": gemm_us / max(total_us, 1e-9)}
+
+
+def decode_bound(rows: int, reps: int = 5) -> dict:
+    """What bounds sampling on this core: the fp32 matmuls of ONE decode step of SmolLM2 for ``rows`` sequences
+    (per layer q, k, v, o, gate, up, down; then the tied LM head), each ``F.linear`` on [rows, in] x [out, in], best
+    of ``reps`` by CPU time. ``rows / step time`` is the rate no fp32 implementation that runs these GEMMs can beat
+    at this batch (attention over the cache, sampling, bookkeeping come on top)."""
+    from transformers import AutoConfig
+
+    from inpo.models_real import smollm2_path
+
+    torch.set_num_threads(THREADS)
+    c = AutoConfig.from_pretrained(smollm2_path())
+    d, hd = c.hidden_size, c.hidden_size // c.num_attention_heads
+    shapes = [(d, d), (d, c.num_key_value_heads * hd), (d, c.num_key_value_heads * hd), (d, d),
+              (d, c.intermediate_size), (d, c.intermediate_size), (c.intermediate_size, d)]
+    weights = [torch.randn(o, i) for i, o in shapes]
+    head = torch.randn(c.vocab_size, d)
+    xs = {i: torch.randn(rows, i) for i in {i for i, _ in shapes}}
+
+    def step() -> None:
+        for _ in range(c.num_hidden_layers):
+            for (i, _), w in zip(shapes, weights, strict=True):
+                torch.nn.functional.linear(xs[i], w)
+        torch.nn.functional.linear(xs[d], head)
+
+    step()
+    best = float("inf")
+    for _ in range(reps):
+        k = Clock()
+        step()
+        best = min(best, k.cpu())
+    flops = 2 * rows * (c.num_hidden_layers * sum(i * o for i, o in shapes) + c.vocab_size * d)
+    return {"rows": rows, "step_cpu_s": best, "tok_per_cpu_s": rows / best, "gflop_per_token": flops / rows / 1e9,
+            "gemm_gflop_per_cpu_s": flops / best / 1e9}
+
+
+def run_sampler(n: int, backend: str, new_tokens: int, profile: str | None = None) -> dict:
     """One backend's sampling of the same chat-rendered prompts (K, plain, ``new_tokens``), in this process."""
     from rich.console import Console
 
@@ -383,10 +428,14 @@ def run_sampler(n: int, backend: str, new_tokens: int) -> dict:
     prompts = [p.ids for p in setup.train_prompts]
     if backend == "transformers":
         c = Clock()
-        out = sample_responses(setup.policy, prompts, cfg.sampling, eos_id=setup.eos_id, pad_id=setup.pad_id,
-                               seed=SEED, stop_ids=setup.stop_ids, logprobs=[])
+        with profiled("sample", profile) as prof:
+            out = sample_responses(setup.policy, prompts, cfg.sampling, eos_id=setup.eos_id, pad_id=setup.pad_id,
+                                   seed=SEED, stop_ids=setup.stop_ids, logprobs=[])
         tokens = sum(len(r) for rs in out for r in rs)
-        return {"backend": backend, "tokens": tokens, "cpu": c.cpu(), "wall": c.wall(), "peak_rss_mb": peak_rss_mb()}
+        res = {"backend": backend, "tokens": tokens, "cpu": c.cpu(), "wall": c.wall(), "peak_rss_mb": peak_rss_mb()}
+        if prof is not None:
+            res["profile"] = matmul_share(prof.p)
+        return res
     python = resolve_python(None)
     c = Clock()
     worker = vllm_worker(python, THREADS)
@@ -528,7 +577,7 @@ def table(rows: list[list[str]]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--worker", choices=["ours", "trl", "sampler"])
+    p.add_argument("--worker", choices=["ours", "trl", "sampler", "bound"])
     p.add_argument("--mode", choices=["full", "lora"], default="full")
     p.add_argument("--modes", default="full,lora")
     p.add_argument("--backend", choices=["transformers", "vllm"], default="transformers")
@@ -550,7 +599,10 @@ def main() -> None:
         print(json.dumps(run_peer(a.prompts, a.mode, a.max_new_tokens, a.trl_batch, a.profile)))
         return
     if a.worker == "sampler":
-        print(json.dumps(run_sampler(a.prompts, a.backend, a.max_new_tokens)))
+        print(json.dumps(run_sampler(a.prompts, a.backend, a.max_new_tokens, a.profile)))
+        return
+    if a.worker == "bound":
+        print(json.dumps([decode_bound(m) for m in (a.prompts * K, 64, 128, 256)]))
         return
     if a.from_json:
         res = json.loads(Path(a.from_json).read_text())
