@@ -155,6 +155,7 @@ class Phases:
                 d = phases.t.setdefault(name, {"cpu": 0.0, "wall": 0.0})
                 d["cpu"] += self.c.cpu()
                 d["wall"] += self.c.wall()
+                d["peak_rss_mb_after"] = peak_rss_mb()  # the process's peak so far: which phase raised it
 
         return _Timed()
 
@@ -329,7 +330,7 @@ def run_peer(n: int, mode: str, new_tokens: int, trl_batch: int, profile: str | 
         del ref
         init = {"cpu": c.cpu() - pre["cpu"], "wall": c.wall() - pre["wall"]}
         ph.t["pairs"] = {k: ph.t["pairs"][k] + init[k] for k in init}
-        ph.t["anchors"] = dict(pre)
+        ph.t["anchors"] = dict(pre, peak_rss_mb_after=peak_rss_mb())  # precompute ran inside __init__
         ds = trainer.train_dataset
         trl_ids = [(ds[i]["prompt_ids"], ds[i]["chosen_ids"], ds[i]["rejected_ids"]) for i in range(len(ds))]
         with ph("train"), profiled("train", profile):
