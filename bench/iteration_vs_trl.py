@@ -190,6 +190,7 @@ def run_ours(n: int, mode: str, new_tokens: int, ours_batch: int, profile: str |
     from inpo.models import build_setup
     from inpo.sampling import Samples, response_texts
     from inpo.stages import judge_stage, logprob_stage, sample_stage
+    from inpo.train import train_on_pairs
 
     torch.set_num_threads(THREADS)
     cfg = run_config(n, mode, new_tokens, ours_batch)
@@ -219,9 +220,8 @@ def run_ours(n: int, mode: str, new_tokens: int, ours_batch: int, profile: str |
                               pad_id=setup.pad_id, batch_size=cfg.train.logprob_batch_size, reuse=["prev"],
                               check=cfg.sampling.logprob_check, tolerance=cfg.sampling.logprob_tolerance)
     with ph("train"), profiled("train", profile):
-        train_on = __import__("inpo.train", fromlist=["train_on_pairs"]).train_on_pairs
-        metrics = train_on(policy, accelerator, ALGORITHMS["inpo"], cfg, samples, pairs, cache, None,
-                           pad_id=setup.pad_id, seed=SEED, optimizer=optimizer)
+        metrics = train_on_pairs(policy, accelerator, ALGORITHMS["inpo"], cfg, samples, pairs, cache, None,
+                                 pad_id=setup.pad_id, seed=SEED, optimizer=optimizer)
     plen = [len(x) for x in prompt_ids]
     rlen = [len(r) for r in samples.responses]
     used = sorted(set(pairs.chosen.tolist()) | set(pairs.rejected.tolist()))
