@@ -4,7 +4,8 @@ Same tiny Llama (built in code), same 256 random-token pairs, same batch size (1
 step), 1 epoch, fp32, no gradient checkpointing, both on the same CPU threads.
 
 * ours: ``inpo.logprobs.cache_logprobs`` (pi_ref and pi_t: the two passes INPO needs; TRL's IPO needs one) then
-  ``inpo.train.train_on_pairs`` with the INPO loss. Timed: both phases.
+  ``inpo.train.train_on_pairs`` with the INPO loss. Timed: both phases. ``--anchors reuse``: the loop with
+  ``sampling.reuse_logprobs`` (pi_t's anchor from the sampler: pi_ref's pass + a check of 8 sequences).
 * TRL: ``DPOTrainer(loss_type="ipo", precompute_ref_log_probs=True, bf16=False, gradient_checkpointing=False)``
   (TRL's defaults are bf16=True and gradient_checkpointing=True). Timed: its reference precompute
   (``_precompute_ref_logps``, run inside ``__init__``) plus ``trainer.train()``; its dataset tokenization is not
@@ -15,6 +16,7 @@ implementations are interleaved within each repeat. The ratio is ours/TRL of the
 
     python bench/train_vs_trl.py                 # both sizes, 3 repeats, prints JSON + table
     python bench/train_vs_trl.py --check-loss    # TRL's IPO loss vs inpo.losses.ipo_loss on one batch
+    python bench/train_vs_trl.py --sizes 25M --repeats 2 --anchors both,reuse   # after sampling.reuse_logprobs
 """
 
 from __future__ import annotations
@@ -103,13 +105,18 @@ def apply_variant(variant: str, data: PairData) -> None:
             raise SystemExit(f"unknown variant {v}")
 
 
-def run_ours(size: str, data: PairData, variant: str = "") -> dict:
+def run_ours(size: str, data: PairData, variant: str = "", anchors: str = "both") -> dict:
+    """``anchors="both"``: pi_ref and pi_t by ``cache_logprobs`` (the loop before ``sampling.reuse_logprobs``);
+    ``"reuse"``: the loop now (``inpo.stages.logprob_stage``): pi_ref's pass, pi_t's anchor = the sampler's log-probs
+    (here pi_t's log-probs computed untimed before, standing in for what sampling recorded), 8 sequences checked
+    by a forward pass (``sampling.logprob_check``)."""
     from accelerate import Accelerator
 
     from inpo.algorithms import ALGORITHMS, Pairs
     from inpo.config import RunConfig, TrainConfig
     from inpo.logprobs import cache_logprobs
     from inpo.sampling import Samples
+    from inpo.stages import logprob_stage
     from inpo.train import train_on_pairs
 
     apply_variant(variant, data)
@@ -125,9 +132,18 @@ def run_ours(size: str, data: PairData, variant: str = "") -> dict:
     samples = Samples(data.prompts, responses, k=2)
     idx = torch.arange(n)
     pairs = Pairs(chosen=2 * idx, rejected=2 * idx + 1, weight=torch.ones(n), prompt=idx)
+    if anchors == "reuse":  # what the sampler recorded (untimed: sampling computed it)
+        samples.logps = cache_logprobs({"m": policy}, samples, pad_id=PAD, batch_size=cfg.train.logprob_batch_size)["m"]
     rss_before = current_rss_mb()
     c = Clock()
-    cache = cache_logprobs({"ref": ref, "prev": policy}, samples, pad_id=PAD, batch_size=cfg.train.logprob_batch_size)
+    if anchors == "reuse":
+        cache = logprob_stage(list(range(n)), {"ref": ref, "prev": policy}, samples, pad_id=PAD,
+                              batch_size=cfg.train.logprob_batch_size, reuse=["prev"], check=cfg.sampling.logprob_check,
+                              tolerance=cfg.sampling.logprob_tolerance)
+        assert float(cache["from_sampler"].min()) == 1.0
+    else:
+        cache = cache_logprobs({"ref": ref, "prev": policy}, samples, pad_id=PAD,
+                               batch_size=cfg.train.logprob_batch_size)
     pre = {"wall": c.wall(), "cpu": c.cpu()}
     c = Clock()
     train_on_pairs(policy, accelerator, ALGORITHMS["inpo"], cfg, samples, pairs, cache, None, pad_id=PAD, seed=0)
@@ -229,19 +245,26 @@ def padding_ratios(n_pairs: int = N_PAIRS) -> dict:
     return out
 
 
-def compare(sizes: list[str], repeats: int, variant: str = "", n_pairs: int = N_PAIRS) -> dict:
-    """Interleaved fresh-process runs; medians per (size, impl); ratios ours/TRL; FLOP fraction vs torch.mm."""
+def compare(sizes: list[str], repeats: int, variant: str = "", n_pairs: int = N_PAIRS,
+            anchors: tuple[str, ...] = ("both",)) -> dict:
+    """Interleaved fresh-process runs; medians per (size, impl); ratios ours/TRL; FLOP fraction vs torch.mm.
+    ``anchors``: ours' variants (``ours`` = both passes, ``ours_reuse`` = pi_ref's pass + the sampler's pi_t)."""
     data = make_pairs(n_pairs)
     results: dict = {}
     peak_mm = {"wall": 0.0, "cpu": 0.0}
+    names = {"both": "ours", "reuse": "ours_reuse"}
     for size in sizes:
-        runs: dict[str, list[dict]] = {"ours": [], "trl": []}
+        runs: dict[str, list[dict]] = {names[a]: [] for a in anchors} | {"trl": []}
         for r in range(repeats):
-            order = ["ours", "trl"] if r % 2 == 0 else ["trl", "ours"]
+            order = [*[names[a] for a in anchors], "trl"]
+            order = order if r % 2 == 0 else order[::-1]
             for impl in order:
-                args = ["bench/train_vs_trl.py", "--worker", impl, "--size", size, "--pairs", str(n_pairs)]
+                worker = "trl" if impl == "trl" else "ours"
+                args = ["bench/train_vs_trl.py", "--worker", worker, "--size", size, "--pairs", str(n_pairs)]
                 if impl == "ours" and variant:
                     args += ["--variant", variant]
+                if impl == "ours_reuse":
+                    args += ["--anchors", "reuse"]
                 runs[impl].append(run_json(args))
             mm = matmul_flops_per_s()
             peak_mm = {k: max(peak_mm[k], mm[k]) for k in peak_mm}
@@ -261,9 +284,12 @@ def compare(sizes: list[str], repeats: int, variant: str = "", n_pairs: int = N_
                                     "precompute_s": median([x["precompute"][clock] for x in rs]),
                                     "train_flops_per_s": flops / train_s,
                                     "train_flops_fraction": flops / train_s / peak_mm[clock]}
-        for clock in ("cpu", "wall"):
-            row[f"speed_ratio_{clock}"] = row["ours"][clock]["pairs_per_s"] / row["trl"][clock]["pairs_per_s"]
-        row["memory_ratio"] = row["ours"]["peak_rss_mb"] / row["trl"]["peak_rss_mb"]
+        for impl in (x for x in runs if x != "trl"):
+            suffix = "" if impl == "ours" else impl.removeprefix("ours")
+            for clock in ("cpu", "wall"):
+                row[f"speed_ratio{suffix}_{clock}"] = (row[impl][clock]["pairs_per_s"]
+                                                       / row["trl"][clock]["pairs_per_s"])
+            row[f"memory_ratio{suffix}"] = row[impl]["peak_rss_mb"] / row["trl"]["peak_rss_mb"]
         results[size] = row
     results["matmul_flops_per_s"] = peak_mm
     return results
@@ -278,12 +304,15 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=N_PAIRS)
     p.add_argument("--variant", default="",
                    help="ours with proposed fixes: fused_adamw, head_on_response, bucketed (a+b)")
+    p.add_argument("--anchors", default="both",
+                   help="ours' anchors: both (pi_ref + pi_t passes), reuse (pi_ref's pass, pi_t's from the sampler, "
+                        "8 checked: the loop with sampling.reuse_logprobs); comparison: a list, e.g. both,reuse")
     p.add_argument("--check-loss", action="store_true")
     p.add_argument("--padding", action="store_true", help="padded/real tokens of random vs bucketed steps")
     a = p.parse_args()
     set_threads()
     if a.worker == "ours":
-        print(json.dumps(run_ours(a.size, make_pairs(a.pairs), a.variant)))
+        print(json.dumps(run_ours(a.size, make_pairs(a.pairs), a.variant, a.anchors)))
     elif a.worker == "trl":
         print(json.dumps(run_trl(a.size, make_pairs(a.pairs))))
     elif a.padding:
@@ -291,15 +320,20 @@ def main() -> None:
     elif a.check_loss:
         print(json.dumps(check_loss(a.size)))
     else:
-        res = compare(a.sizes.split(","), a.repeats, a.variant, a.pairs)
+        anchors = tuple(a.anchors.split(","))
+        res = compare(a.sizes.split(","), a.repeats, a.variant, a.pairs, anchors)
         for size in a.sizes.split(","):
             r = res[size]
-            for clock in ("cpu", "wall"):
-                print(f"{size} ({r['params'] / 1e6:.1f}M params, {clock} time): ours "
-                      f"{r['ours'][clock]['pairs_per_s']:.1f} pairs/s, TRL {r['trl'][clock]['pairs_per_s']:.1f} "
-                      f"pairs/s, ratio {r[f'speed_ratio_{clock}']:.2f}", file=sys.stderr)
-            print(f"{size}: peak RSS ours {r['ours']['peak_rss_mb']:.0f} MB, TRL {r['trl']['peak_rss_mb']:.0f} MB",
-                  file=sys.stderr)
+            for impl in (x for x in r if x.startswith("ours")):
+                suffix = "" if impl == "ours" else impl.removeprefix("ours")
+                for clock in ("cpu", "wall"):
+                    o, t = r[impl][clock], r["trl"][clock]
+                    print(f"{size} ({r['params'] / 1e6:.1f}M params, {clock} time): {impl} {o['pairs_per_s']:.1f} "
+                          f"pairs/s (precompute {o['precompute_s']:.1f} s, train {o['train_s']:.1f} s), TRL "
+                          f"{t['pairs_per_s']:.1f} pairs/s (precompute {t['precompute_s']:.1f} s, train "
+                          f"{t['train_s']:.1f} s), ratio {r[f'speed_ratio{suffix}_{clock}']:.2f}", file=sys.stderr)
+                print(f"{size}: peak RSS {impl} {r[impl]['peak_rss_mb']:.0f} MB, TRL {r['trl']['peak_rss_mb']:.0f} MB",
+                      file=sys.stderr)
         print(json.dumps(res))
 
 
