@@ -218,6 +218,12 @@ class TrainConfig(_Frozen):
     max_grad_norm: float = 1.0
     weight_decay: float = Field(default=0.0, ge=0)
     logprob_batch_size: int = Field(default=256, gt=0)
+    logprob_chunk: int = Field(
+        default=512, ge=0, description="response positions per LM-head chunk in every sequence log-prob (training "
+        "with gradients, anchors, evaluation): the log-probs come from the final hidden states through the output "
+        "head this many positions at a time, recomputed per chunk in backward, so the [batch, length, vocab] logits "
+        "never exist (inpo.logprobs.chunked_sequence_logprobs); 0 = the model's full logits. Models it cannot serve "
+        "(FSDP2-sharded, a soft-capped head, ...) use the full logits either way")
     group_by_length: bool = Field(default=False, description="steps of prompts with similar lengths (less padding)")
     logprob_reduction: Literal["sum", "mean"] | None = Field(
         default=None, description="sequence log-prob of a response: sum over its tokens, or the per-token mean "

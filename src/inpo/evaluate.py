@@ -99,8 +99,10 @@ def evaluate_policy(setup: Setup, policy: torch.nn.Module, cfg: RunConfig, run: 
                             seed=seed_for(cfg, t, 0, "eval"), **kw)
     both = [r for rs in resp for r in rs]
     both_prompts = [p for p in prompts for _ in range(one.num_samples)]
-    lp_pol = batched_sequence_logprobs(policy, both_prompts, both, pad_id=setup.pad_id)
-    lp_ref = batched_sequence_logprobs(setup.ref, both_prompts, both, pad_id=setup.pad_id)
+    lp_pol = batched_sequence_logprobs(policy, both_prompts, both, pad_id=setup.pad_id,
+                                       chunk=cfg.train.logprob_chunk)
+    lp_ref = batched_sequence_logprobs(setup.ref, both_prompts, both, pad_id=setup.pad_id,
+                                       chunk=cfg.train.logprob_chunk)
     out = {"eval/kl_to_ref": kl_estimate(lp_pol, lp_ref), "eval/mean_length": mean_length(both)}
     if setup.task is None:  # real text (the built-in task's evaluation rows keep their keys)
         cut = truncated(both, setup.stop_ids or [setup.eos_id], setup.tokenizer, cfg.sampling.stop)

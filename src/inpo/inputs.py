@@ -52,6 +52,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "train.max_grad_norm": (0.0, 1e12),
     "train.weight_decay": (0.0, 1e6),
     "train.logprob_batch_size": (1, 1 << 20),
+    "train.logprob_chunk": (0, 1 << 30),
     "task.seed": (0, MAX_SEED),
 }
 

@@ -220,7 +220,8 @@ def anchor_logprobs(ctx: Context, t: int, step: int, samples: Samples, policy: t
     cache = sharded_stage(ctx.accelerator, ctx.rundir.stage(t, f"s{step}_logps"), logprob_stage,
                           len(samples.prompt_ids), models, samples, pad_id=setup.pad_id,
                           batch_size=cfg.train.logprob_batch_size, lockstep=ctx.sharded, reuse=reuse,
-                          check=cfg.sampling.logprob_check, tolerance=cfg.sampling.logprob_tolerance)
+                          check=cfg.sampling.logprob_check, tolerance=cfg.sampling.logprob_tolerance,
+                          chunk=cfg.train.logprob_chunk)
     if same_as_ref:
         cache["prev"] = cache["ref"]
     if algo.needs_history:

@@ -249,7 +249,9 @@ def build_setup(cfg: RunConfig, console: Console, *, progress: bool) -> Setup:
         if skipped:
             console.print(f"[yellow]skipped {skipped} prompts longer than {name}={max_len}[/]")
         if eval_src is not None:
-            eval_p, _ = load_prompts(eval_src, tokenizer, limit=d.num_eval_prompts, **kw)
+            eval_p, eval_skipped = load_prompts(eval_src, tokenizer, limit=d.num_eval_prompts, **kw)
+            if eval_skipped:
+                console.print(f"[yellow]skipped {eval_skipped} eval prompts longer than {name}={max_len}[/]")
         else:
             eval_p = train_p[: d.num_eval_prompts]
     if d.num_prompts is not None:

@@ -74,19 +74,20 @@ def judge_stage(idx: list[int], judge: Judge, prompts: list[Prompt], texts: list
 
 def logprob_stage(idx: list[int], models: dict[str, torch.nn.Module], samples: Samples, *, pad_id: int,
                   batch_size: int, reuse: list[str] | None = None, check: int = 0,
-                  tolerance: float = 1e-3) -> dict[str, torch.Tensor]:
+                  tolerance: float = 1e-3, chunk: int = 0) -> dict[str, torch.Tensor]:
     """The anchors' log-probs of the samples of prompts ``idx``. Anchors named in ``reuse`` (the sampling
     policy itself) take the sampler's log-probs, after ``check`` evenly spaced sequences are recomputed by a
     forward pass: if any differs by more than ``tolerance`` nats per token, a forward pass computes them all.
     With ``reuse``, also per sample: ``sampler_diff`` (|sampler - forward| per sequence, NaN if unchecked),
-    ``sampler_diff_per_token`` and ``from_sampler`` (1: the sampler's values were used)."""
+    ``sampler_diff_per_token`` and ``from_sampler`` (1: the sampler's values were used). ``chunk``:
+    ``train.logprob_chunk`` (:func:`inpo.logprobs.sequence_logprobs`)."""
     k = samples.k
     rows = [i * k + j for i in idx for j in range(k)]
     responses = [samples.responses[r] for r in rows]
     sub = Samples([samples.prompt_ids[i] for i in idx], responses, k)
     reuse = [n for n in (reuse or []) if n in models]
     cache = cache_logprobs({n: m for n, m in models.items() if n not in reuse}, sub, pad_id=pad_id,
-                           batch_size=batch_size)
+                           batch_size=batch_size, chunk=chunk)
     if not reuse or samples.logps is None:
         return cache
     sampler_lps = samples.logps[rows]
@@ -97,7 +98,7 @@ def logprob_stage(idx: list[int], models: dict[str, torch.nn.Module], samples: S
     ok = True
     if picked:
         part = Samples([sub.prompt_ids[i // k] for i in picked], [responses[i] for i in picked], 1)
-        fwd = cache_logprobs({"m": models[reuse[0]]}, part, pad_id=pad_id, batch_size=batch_size)["m"]
+        fwd = cache_logprobs({"m": models[reuse[0]]}, part, pad_id=pad_id, batch_size=batch_size, chunk=chunk)["m"]
         d = (sampler_lps[picked] - fwd).abs()
         lengths = torch.tensor([max(len(responses[i]), 1) for i in picked], dtype=torch.float32)
         diff[picked], per_token[picked] = d, d / lengths
@@ -105,7 +106,7 @@ def logprob_stage(idx: list[int], models: dict[str, torch.nn.Module], samples: S
     if ok:
         values = sampler_lps.clone()
     else:  # the sampler's log-probs are not pi_t's here: one forward pass for all
-        values = cache_logprobs({"m": models[reuse[0]]}, sub, pad_id=pad_id, batch_size=batch_size)["m"]
+        values = cache_logprobs({"m": models[reuse[0]]}, sub, pad_id=pad_id, batch_size=batch_size, chunk=chunk)["m"]
     for name in reuse:
         cache[name] = values
     cache["sampler_diff"], cache["sampler_diff_per_token"] = diff, per_token

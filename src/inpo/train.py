@@ -93,7 +93,8 @@ def train_on_pairs(
                 u = uniq.tolist()
                 ids, att, resp = collate([samples.prompt_ids[i // samples.k] for i in u],
                                          [samples.responses[i] for i in u], pad_id)
-                lp = sequence_logprobs(policy, ids.to(device), att.to(device), resp.to(device)).float().cpu()[inv]
+                lp = sequence_logprobs(policy, ids.to(device), att.to(device), resp.to(device),
+                                       chunk=tc.logprob_chunk).float().cpu()[inv]
                 b = len(idx)
 
                 def get(name: str, c: torch.Tensor = c, r: torch.Tensor = r) -> tuple[Any, Any]:
