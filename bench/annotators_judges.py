@@ -27,12 +27,16 @@ the cache is there, so a rerun only prints; ``--redo`` recomputes the named step
              pairs are the EVAL_FILE prompts') -> ``judge-<kind>/``, reloaded with ``load_judge`` (as the loop
              does) and scored on the held-out pairs.
 ``inpo``     ``inpo train --task annotators -T 1 --seed 0 --set data.num_prompts=16 --set data.num_eval_prompts=64
-             --set threads=1`` with the exact oracle (``judge.path=builtin``) and with each trained judge
+             --set threads=1 --set train.batch_size=4 --set train.grad_accum=2 --set train.logprob_batch_size=8``
+             (the shipped step of 8 prompts as 4 x 2 accumulated, for memory) with the exact oracle
+             (``judge.path=builtin``) and with each trained judge
              (``--set judge.path=runs/annotators-judges/judge-<kind>``); for a learned judge the run's own
              evaluation is under that judge, so each is re-evaluated under the exact oracle with
              ``inpo eval RUN --judge builtin`` (the same cached pi_ref baseline samples and the same sampling seed
              as the run's evaluation). Also: the agreement with the exact oracle of the judgements the loop
              trained on (``stages/iter_1/s0_judgements.pt`` vs the oracle on the same ``s0_samples.pt``).
+``loop-labels`` each trained judge on the exact run's iteration-1 samples (pi_1 = pi_ref with seed 0: the samples
+             INPO trains on at iteration 1 whatever its oracle), against the exact oracle on the same pairs.
 ``report``   the tables (markdown).
 
 Metrics against the exact oracle (:mod:`inpo.judges.agreement`): sign agreement on the pairs where P_oracle != 1/2,
@@ -71,8 +75,11 @@ from inpo.tasks.annotators import AnnotatorJudge, words
 
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("bt", "gpm", "lm-pair")
+# the shipped config's step (8 prompts x 12 pairs) as 4 x 2 accumulated, and log-probs 8 at a time: the peak RSS of
+# the shipped settings (10.3 GB, docs/results.md) was OOM-killed on the shared 24 GB machine
 INPO_ARGS = ["-T", "1", "--seed", "0", "--set", "data.num_prompts=16", "--set", "data.num_eval_prompts=64",
-             "--set", "threads=1"]
+             "--set", "threads=1", "--set", "train.batch_size=4", "--set", "train.grad_accum=2",
+             "--set", "train.logprob_batch_size=8"]
 
 
 def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
@@ -260,7 +267,7 @@ def inpo_cmd(out_dir: Path, judge_path: str) -> list[str]:
             "--overwrite", "-q"]
 
 
-def run_inpo(args: argparse.Namespace, name: str, judge_path: str) -> dict:
+def run_inpo(args: argparse.Namespace, name: str, judge_path: str, prompts: list[str]) -> dict:
     """The INPO run (reused if its iteration 1 is in metrics.jsonl) and, for a learned judge, its exact-oracle
     re-evaluation."""
     run_dir = args.out / f"inpo-{name}"
@@ -288,29 +295,58 @@ def run_inpo(args: argparse.Namespace, name: str, judge_path: str) -> dict:
                               capture_output=True, text=True)
         res["exact_eval"] = json.loads(done.stdout.strip().splitlines()[-1])
         res["exact_eval_wall_s"] = time.perf_counter() - t0
-    res["loop_agreement"] = loop_judgement_agreement(run_dir, args.mode)
+    res["loop_agreement"] = loop_judgement_agreement(run_dir, args.mode, prompts)
     return res
 
 
-def loop_judgement_agreement(run_dir: Path, mode: str) -> dict[str, float]:
-    """The judgements the loop trained on (iteration 1) vs the exact oracle on the same samples: sign agreement
-    over the off-diagonal entries i < j with P_oracle != 1/2, and mean |P - P_oracle|."""
+def loop_samples(run_dir: Path, prompts: list[str]) -> list[tuple[str, list[str]]]:
+    """The run's iteration-1 samples (pi_1 = pi_ref, the same for every run with this seed) as (prompt, K texts)."""
     from inpo.models import load_tokenizer
     from inpo.models_real import smollm2_path
     from inpo.rundir import RunDir
     from inpo.sampling import response_texts
 
-    rd = RunDir(run_dir)
-    samples = torch.load(rd.stage(1, "s0_samples"), weights_only=True)
-    mats = torch.load(rd.stage(1, "s0_judgements"), weights_only=True).double()
+    samples = torch.load(RunDir(run_dir).stage(1, "s0_samples"), weights_only=True)
     responses = samples["responses"] if isinstance(samples, dict) else samples
     texts = response_texts(load_tokenizer(smollm2_path()), responses)
-    k = mats.shape[-1]
+    k = len(texts) // len(prompts)
+    assert k * len(prompts) == len(texts), (len(texts), len(prompts))
+    return [(x, texts[n * k:(n + 1) * k]) for n, x in enumerate(prompts)]
+
+
+def loop_labels_step(args: argparse.Namespace, judges: dict[str, dict], prompts: list[str]) -> dict:
+    """Each trained judge on the exact run's iteration-1 samples (what INPO trains on at iteration 1 with any
+    oracle: pi_1 = pi_ref, same seed): sign agreement and mean abs error against the exact oracle, over the
+    K(K-1)/2 pairs of each prompt."""
+    from inpo.judges import load_judge
+
+    rows = loop_samples(args.out / "inpo-exact", prompts)
+    oracle = AnnotatorJudge(args.mode)
+    x, a, b = [], [], []
+    for prompt, rs in rows:
+        for i in range(len(rs)):
+            for j in range(i + 1, len(rs)):
+                x.append(prompt), a.append(rs[i]), b.append(rs[j])
+    pt = oracle.prob(x, a, b)
+    out: dict[str, Any] = {"n_pairs": len(x), "p_hist": {str(v): int((pt == v).sum()) for v in pt.unique().tolist()}}
+    for kind, m in judges.items():
+        pj = load_judge(m["dir"]).prob(x, a, b).double()
+        agree, n = sign_agreement(pj, pt)
+        out[kind] = {"agree": agree, "n_decided": n, "mae": mean_abs_error(pj, pt), "corr": pearson(pj, pt)}
+    return out
+
+
+def loop_judgement_agreement(run_dir: Path, mode: str, prompts: list[str]) -> dict[str, float]:
+    """The judgements the loop trained on (iteration 1) vs the exact oracle on the same samples: sign agreement
+    over the entries i < j with P_oracle != 1/2, and mean |P - P_oracle|."""
+    from inpo.rundir import RunDir
+
+    mats = torch.load(RunDir(run_dir).stage(1, "s0_judgements"), weights_only=True).double()
     oracle = AnnotatorJudge(mode)
+    k = mats.shape[-1]
     iu = torch.triu_indices(k, k, 1)
     pj, pt = [], []
-    for n in range(mats.shape[0]):
-        rs = texts[n * k:(n + 1) * k]
+    for n, (_, rs) in enumerate(loop_samples(run_dir, prompts)):
         pt.append(oracle.matrix("", rs)[iu[0], iu[1]])
         pj.append(mats[n][iu[0], iu[1]])
     pj_t, pt_t = torch.cat(pj), torch.cat(pt)
@@ -326,7 +362,7 @@ def fmt(v: float, digits: int = 3) -> str:
 
 
 def report(args: argparse.Namespace, samples: dict, pairs: dict, judges: dict[str, dict], zeroshot: dict | None,
-           inpo: dict[str, dict]) -> None:
+           inpo: dict[str, dict], loop: dict | None) -> None:
     held = pairs["held"]
     k = len(samples["eval"][0]["responses"])
     pt = torch.tensor([q["p"] for q in held], dtype=torch.float64)
@@ -370,6 +406,16 @@ def report(args: argparse.Namespace, samples: dict, pairs: dict, judges: dict[st
         print(f"trained {kind}: lr {m['lr']:g}, per-epoch loss {losses}, train acc {m['train_accuracy']:.3f}, "
               f"step {fmt(m['wall_s'], 0)} s wall / {fmt(m['cpu_s'], 0)} s CPU")
 
+    if loop is not None:
+        print(f"\n## Trained judges on INPO's iteration-1 samples ({loop['n_pairs']} pairs of the exact run's "
+              f"16 prompts x K=4; P_oracle counts {loop['p_hist']})\n")
+        print("| judge | sign agreement (P_oracle != 1/2) | mean abs(P - P_oracle) | corr |")
+        print("|---|---|---|---|")
+        for kind in judges:
+            m = loop[kind]
+            print(f"| trained {kind} | {fmt(m['agree'])} ({m['n_decided']} pairs) | {fmt(m['mae'])} | "
+                  f"{fmt(m['corr'])} |")
+        print(f"\nstep: {fmt(loop['wall_s'], 0)} s wall, {fmt(loop['cpu_s'], 0)} s CPU")
     if not inpo:
         return
     print("\n## INPO, one iteration (16 train prompts x K=4, 64 held-out eval prompts, seed 0), win rate vs pi_ref "
@@ -407,8 +453,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing in judge training")
     ap.add_argument("--kinds", default=",".join(KINDS))
-    ap.add_argument("--steps", default="sample,pairs,zeroshot,judges,inpo,report",
-                    help="sample, pairs, zeroshot, judges, inpo, inpo-exact, inpo-<kind>, report")
+    ap.add_argument("--steps", default="sample,pairs,zeroshot,judges,inpo,loop-labels,report",
+                    help="sample, pairs, zeroshot, judges (or bt, gpm, lm-pair), inpo (or inpo-exact, inpo-<kind>), "
+                    "loop-labels, report")
     ap.add_argument("--redo", action="store_true", help="recompute the named steps even if cached")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -434,6 +481,7 @@ def main() -> None:
             judges[kind] = timed_step(args.out, f"judge-{kind}", jkey, redo,
                                       lambda kind=kind: judge_step(args, kind, held, k))
     inpo: dict[str, dict] = {}
+    prompts = [r["prompt"] for r in samples["train"][:16]]  # INPO_ARGS: data.num_prompts=16 of the same file
     for name in ["exact", *judges]:
         wanted = "inpo" in steps or f"inpo-{name}" in steps
         path = args.out / f"inpo-{name}.json"
@@ -442,9 +490,14 @@ def main() -> None:
             ikey = {"judge": judge_path, "args": INPO_ARGS,
                     "judge_trained": judges[name]["wall_s"] if name in judges else None}
             inpo[name] = timed_step(args.out, f"inpo-{name}", ikey, args.redo and wanted,
-                                    lambda name=name, judge_path=judge_path: run_inpo(args, name, judge_path))
+                                    lambda name=name, judge_path=judge_path: run_inpo(args, name, judge_path, prompts))
+    loop = None
+    if judges and ("loop-labels" in steps or (args.out / "loop-labels.json").exists()):
+        lkey = {**pkey, "judges": {kind: m["wall_s"] for kind, m in judges.items()}}
+        loop = timed_step(args.out, "loop-labels", lkey, args.redo and "loop-labels" in steps,
+                          lambda: loop_labels_step(args, judges, prompts))
     if "report" in steps:
-        report(args, samples, pairs, judges, zeroshot, inpo)
+        report(args, samples, pairs, judges, zeroshot, inpo, loop)
 
 
 if __name__ == "__main__":
