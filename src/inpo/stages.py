@@ -22,7 +22,7 @@ from inpo.data import Prompt
 from inpo.errors import InpoError
 from inpo.judges.base import Judge
 from inpo.judges.checked import judge_matrices
-from inpo.logprobs import cache_logprobs
+from inpo.logprobs import LOGPROB_CHUNK, cache_logprobs
 from inpo.models import Setup
 from inpo.rundir import RunDir
 from inpo.sampling import Samples, is_plain, sample_responses
@@ -74,7 +74,7 @@ def judge_stage(idx: list[int], judge: Judge, prompts: list[Prompt], texts: list
 
 def logprob_stage(idx: list[int], models: dict[str, torch.nn.Module], samples: Samples, *, pad_id: int,
                   batch_size: int, reuse: list[str] | None = None, check: int = 0,
-                  tolerance: float = 1e-3, chunk: int = 0) -> dict[str, torch.Tensor]:
+                  tolerance: float = 1e-3, chunk: int = LOGPROB_CHUNK) -> dict[str, torch.Tensor]:
     """The anchors' log-probs of the samples of prompts ``idx``. Anchors named in ``reuse`` (the sampling
     policy itself) take the sampler's log-probs, after ``check`` evenly spaced sequences are recomputed by a
     forward pass: if any differs by more than ``tolerance`` nats per token, a forward pass computes them all.
