@@ -11,7 +11,15 @@ import pytest
 import yaml
 
 from inpo.algorithms import at_iteration, mixture_coefficient
-from inpo.config import ALGO_DEFAULTS, CONFIG_VERSION, AlgoConfig, RunConfig, build_config, check_run_version
+from inpo.config import (
+    ALGO_DEFAULTS,
+    CONFIG_VERSION,
+    AlgoConfig,
+    RunConfig,
+    build_config,
+    check_run_version,
+    load_config,
+)
 from inpo.errors import InpoError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +41,23 @@ def test_per_algorithm_defaults_and_the_builtin_conversion() -> None:
     assert build_config({"algo": {"name": "mnpo"}, "train": {"logprob_reduction": "sum"}}).train.logprob_reduction \
         == "sum"
     assert build_config({"algo": {"name": "sppo", "eta": 1000.0}}).algo.eta == 1000.0
+
+
+def test_algo_flag_drops_the_files_steps_of_another_algorithm(tmp_path: Path) -> None:
+    # `--algo X` over a file written for INPO: INPO's eta (target 1/(2 eta)) is not SPPO's eta (its MW step) nor
+    # DPO's beta, so X takes its own defaults; within INPO's family the symbols are the same and are kept
+    f = tmp_path / "c.yaml"
+    f.write_text("algo: {name: inpo, eta: 0.1, tau: 0.04}\n")
+    assert (load_config(f).algo.eta, load_config(f).algo.tau) == (0.1, 0.04)
+    sppo = load_config(f, {"algo": {"name": "sppo"}}).algo
+    assert (sppo.eta, sppo.tau) == (ALGO_DEFAULTS["sppo"]["eta"], ALGO_DEFAULTS["sppo"].get("tau"))
+    assert load_config(f, {"algo": {"name": "dpo"}}).algo.beta == ALGO_DEFAULTS["dpo"]["beta"]
+    mnpo = load_config(f, {"algo": {"name": "mnpo"}}).algo
+    assert (mnpo.eta, mnpo.tau) == (0.1, 0.04)
+    assert load_config(f, {"algo": {"name": "sppo", "eta": 5.0}}).algo.eta == 5.0  # --set still wins
+    f.write_text("algo: {name: sppo, eta: 5.0}\n")
+    assert load_config(f, {"algo": {"name": "sppo"}}).algo.eta == 5.0  # the same algorithm keeps its file's step
+    assert load_config(f, {"algo": {"name": "inpo"}}).algo.eta == ALGO_DEFAULTS["inpo"]["eta"]
 
 
 def test_papers_values_are_accepted_and_tau_above_eta_is_not() -> None:

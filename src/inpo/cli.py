@@ -35,7 +35,9 @@ def train(
     task: str | None = typer.Option(
         None, "--task", help="A built-in task's shipped config instead of a file: 'annotators' (SmolLM2-135M-Instruct, "
         "LoRA, 336 shipped prompts, an oracle of three rule-based annotators whose majority is cyclic)."),
-    algo: str | None = typer.Option(None, "--algo", help=f"Algorithm: {ALGOS}."),
+    algo: str | None = typer.Option(
+        None, "--algo", help=f"Algorithm: {ALGOS}. Replaces the config's, whose eta/tau/beta give way to the new "
+        "algorithm's defaults (kept within INPO's family: inpo, mnpo, egpo, nash-md)."),
     iterations: int | None = typer.Option(None, "--iterations", "-T", help="Number of iterations T."),
     output_dir: str | None = typer.Option(
         None, "--output-dir", "-o", help="Run directory (default runs/<algo>-<time>)."

@@ -381,6 +381,24 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_STEP_FIELDS = ("eta", "tau", "beta")
+
+
+def _switch_algo(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``data`` without its ``algo.eta/tau/beta`` when ``overrides`` (``--algo``) change ``algo.name`` to an algorithm
+    whose symbols mean something else: a file's steps were chosen for the file's algorithm (INPO's ``eta`` is its
+    loss's target 1/(2 eta), SPPO's ``eta`` its multiplicative-weights step, DPO's ``beta`` its temperature), so the new
+    algorithm takes its own defaults. Kept within INPO's family (the same eta / tau) and when ``overrides`` set them."""
+    new = (overrides.get("algo") or {}).get("name") if isinstance(overrides.get("algo"), dict) else None
+    algo = data.get("algo")
+    if new is None or not isinstance(algo, dict):
+        return data
+    old = algo.get("name", "inpo")
+    if new == old or (new in INPO_FAMILY and old in INPO_FAMILY):
+        return data
+    return {**data, "algo": {k: v for k, v in algo.items() if k not in _STEP_FIELDS}}
+
+
 def _format_validation_error(e: ValidationError, source: str) -> str:
     err = e.errors()[0]
     loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
@@ -418,7 +436,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         if not isinstance(loaded, dict):
             raise InpoError(f"{p}: expected a mapping at the top level, got {type(loaded).__name__}")
         data = loaded
-    return build_config(_merge(data, overrides or {}), source)
+    return build_config(_merge(_switch_algo(data, overrides or {}), overrides or {}), source)
 
 
 def check_run_version(run_dir: str | Path) -> None:
