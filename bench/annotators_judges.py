@@ -26,9 +26,10 @@ the cache is there, so a rerun only prints; ``--redo`` recomputes the named step
              ``--epochs``, batch 8, the default LoRA lr (2e-4), one thread, no internal held-out split (the held-out
              pairs are the EVAL_FILE prompts') -> ``judge-<kind>/``, reloaded with ``load_judge`` (as the loop
              does) and scored on the held-out pairs.
-``inpo``     ``inpo train --task annotators -T 1 --seed 0 --set data.num_prompts=16 --set data.num_eval_prompts=64
-             --set threads=1 --set train.batch_size=4 --set train.grad_accum=2 --set train.logprob_batch_size=8``
-             (the shipped step of 8 prompts as 4 x 2 accumulated, for memory) with the exact oracle
+``inpo``     ``inpo train configs/annotators_sampled.yaml -T 1 --seed 0 --set data.num_prompts=16
+             --set data.num_eval_prompts=64 --set threads=1 --set train.batch_size=4 --set train.grad_accum=2
+             --set train.logprob_batch_size=8``
+             (that config's step of 8 prompts as 4 x 2 accumulated, for memory) with the exact oracle
              (``judge.path=builtin``) and with each trained judge
              (``--set judge.path=runs/annotators-judges/judge-<kind>``); for a learned judge the run's own
              evaluation is under that judge, so each is re-evaluated under the exact oracle with
@@ -75,8 +76,10 @@ from inpo.tasks.annotators import AnnotatorJudge, words
 
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("bt", "gpm", "lm-pair")
-# the shipped config's step (8 prompts x 12 pairs) as 4 x 2 accumulated, and log-probs 8 at a time: the peak RSS of
-# the shipped settings (10.3 GB, docs/results.md) was OOM-killed on the shared 24 GB machine
+# the annotators task as first shipped (sampled annotator, lr 5e-5, ...): what the cached results ran with
+CONFIG = ROOT / "configs" / "annotators_sampled.yaml"
+# that config's step (8 prompts x 12 pairs) as 4 x 2 accumulated, and log-probs 8 at a time: the peak RSS of
+# those settings (10.3 GB, docs/results.md) was OOM-killed on the shared 24 GB machine
 INPO_ARGS = ["-T", "1", "--seed", "0", "--set", "data.num_prompts=16", "--set", "data.num_eval_prompts=64",
              "--set", "threads=1", "--set", "train.batch_size=4", "--set", "train.grad_accum=2",
              "--set", "train.logprob_batch_size=8"]
@@ -114,9 +117,7 @@ def timed_step(out: Path, name: str, key: dict, redo: bool, make: Callable[[], d
 
 def run_config(args: argparse.Namespace, num_prompts: int, num_eval: int):
     from inpo.config import load_config
-    from inpo.tasks.annotators import CONFIG_FILE
-
-    return load_config(CONFIG_FILE, {"data": {"num_prompts": num_prompts, "num_eval_prompts": num_eval},
+    return load_config(CONFIG, {"data": {"num_prompts": num_prompts, "num_eval_prompts": num_eval},
                                      "threads": 1, "seed": args.seed})
 
 
@@ -263,7 +264,7 @@ def judge_step(args: argparse.Namespace, kind: str, held: list[dict], k: int) ->
 
 
 def inpo_cmd(out_dir: Path, judge_path: str) -> list[str]:
-    return ["train", "--task", "annotators", *INPO_ARGS, "--set", f"judge.path={judge_path}", "-o", str(out_dir),
+    return ["train", str(CONFIG), *INPO_ARGS, "--set", f"judge.path={judge_path}", "-o", str(out_dir),
             "--overwrite", "-q"]
 
 

@@ -2,8 +2,8 @@
 the same budget; prints docs/results.md's table from the runs' metrics.jsonl.
 
     for a in inpo dpo sppo; do
-      inpo train --task annotators --algo $a -T 2 --seed 0 --set data.num_prompts=16 --set data.num_eval_prompts=64 \\
-        --set threads=1 -o runs/annotators-$a
+      inpo train configs/annotators_sampled.yaml --algo $a -T 2 --seed 0 --set data.num_prompts=16 \\
+        --set data.num_eval_prompts=64 --set threads=1 -o runs/annotators-$a
     done
     python bench/annotators_results.py runs/annotators-inpo runs/annotators-dpo runs/annotators-sppo
 

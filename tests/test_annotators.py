@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from itertools import combinations
+from pathlib import Path
 
 import pytest
 import torch
@@ -85,3 +86,13 @@ def test_shipped_prompts_and_config() -> None:
     cfg = load_config(CONFIG_FILE)
     assert cfg.task.name == "annotators" and cfg.peft is not None and cfg.model.path is None
     assert cfg.judge.path == "builtin" and cfg.data.prompts is None
+    # the shipped step is INPO's (eta 0.1, tau 0.04); `--algo sppo|dpo` over it take their own defaults
+    from inpo.config import ALGO_DEFAULTS
+
+    assert (cfg.algo.name, cfg.algo.eta, cfg.algo.tau, cfg.task.options["mode"]) == ("inpo", 0.1, 0.04, "majority")
+    assert load_config(CONFIG_FILE, {"algo": {"name": "sppo"}}).algo.eta == ALGO_DEFAULTS["sppo"]["eta"]
+    assert load_config(CONFIG_FILE, {"algo": {"name": "dpo"}}).algo.beta == ALGO_DEFAULTS["dpo"]["beta"]
+    # the first shipped config, which docs/quickstart.md, docs/performance.md and docs/learned_oracle.md ran with
+    first = load_config(Path(__file__).resolve().parents[1] / "configs" / "annotators_sampled.yaml")
+    assert (first.task.name, first.task.options["mode"], first.algo.eta, first.train.lr) == \
+        ("annotators", "sampled", 0.25, 5e-5)
