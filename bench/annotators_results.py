@@ -9,6 +9,10 @@ the same budget; prints docs/results.md's table from the runs' metrics.jsonl.
 
 Win rate: the iterate vs pi_ref's cached samples on the held-out prompts under the exact oracle (both orders, ties
 half; 95% normal CI over prompts); KL: Monte-Carlo KL(pi || pi_ref) on 2 samples per prompt; length in tokens.
+
+``--styles`` adds a second table: what the oracle's rules read in each iteration's training samples
+(``stages/iter_t/s0_samples.pt``, drawn from pi_{t-1} on the training prompts): the share of responses with list
+items, the mean word count and the share cut at ``max_new_tokens``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,32 @@ import sys
 from pathlib import Path
 
 import yaml
+
+
+def styles(runs: list[str]) -> None:
+    import statistics
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from inpo.models_real import smollm2_path
+    from inpo.tasks.annotators import list_items, words
+
+    tok = AutoTokenizer.from_pretrained(smollm2_path())
+    print("\n| algorithm | samples of | responses | with list items | mean words | cut at max_new_tokens |")
+    print("|---|---|---:|---:|---:|---:|")
+    for run in runs:
+        algo = yaml.safe_load((Path(run) / "config.yaml").read_text())["algo"]["name"]
+        for d in sorted((Path(run) / "stages").glob("iter_*"), key=lambda d: int(d.name.split("_")[1])):
+            f = d / "s0_samples.pt"
+            if not f.is_file():
+                continue
+            samples = torch.load(f, weights_only=True)
+            texts = [tok.decode(x, skip_special_tokens=True) for x in samples]
+            cut = sum(tok.eos_token_id not in x and len(x) > 0 for x in samples) / len(samples)
+            t = int(d.name.split("_")[1])
+            print(f"| {algo} | pi_{t - 1} | {len(texts)} | {sum(list_items(x) > 0 for x in texts) / len(texts):.3f} | "
+                  f"{statistics.mean(words(x) for x in texts):.1f} | {cut:.2f} |")
 
 
 def main(runs: list[str]) -> None:
@@ -37,4 +67,7 @@ def main(runs: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    args = [a for a in sys.argv[1:] if a != "--styles"]
+    main(args)
+    if "--styles" in sys.argv[1:]:
+        styles(args)
