@@ -389,8 +389,8 @@ def _switch_algo(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, A
     whose symbols mean something else: a file's steps were chosen for the file's algorithm (INPO's ``eta`` is its
     loss's target 1/(2 eta), SPPO's ``eta`` its multiplicative-weights step, DPO's ``beta`` its temperature), so the new
     algorithm takes its own defaults. Kept within INPO's family (the same eta / tau) and when ``overrides`` set them."""
-    new = (overrides.get("algo") or {}).get("name") if isinstance(overrides.get("algo"), dict) else None
-    algo = data.get("algo")
+    over, algo = overrides.get("algo"), data.get("algo")
+    new = over.get("name") if isinstance(over, dict) else None
     if new is None or not isinstance(algo, dict):
         return data
     old = algo.get("name", "inpo")
